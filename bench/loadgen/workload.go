@@ -1,0 +1,120 @@
+// Package loadgen drives HTTP load with fortio (used as a library: its periodic runner and fast
+// HTTP client, its echo server). The workload half runs inside pods (`onehop workload ...`); the
+// driver half starts it in the client pod, marks the measured window for CPU samplers and
+// collects fortio's full result.
+package loadgen
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"fortio.org/fortio/fhttp"
+	"fortio.org/fortio/periodic"
+	"fortio.org/log"
+)
+
+// Serve runs fortio's echo server on port until SIGTERM or SIGINT.
+func Serve(port int) error {
+	log.SetLogLevel(log.Warning)
+	if _, addr := fhttp.ServeTCP(strconv.Itoa(port), ""); addr == nil {
+		return fmt.Errorf("fortio server: cannot listen on port %d", port)
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	return nil
+}
+
+// Options is one load run as the workload process receives it (JSON on its command line).
+type Options struct {
+	URL          string        `json:"url"`
+	QPS          float64       `json:"qps"` // <= 0: as fast as possible (max-qps)
+	Connections  int           `json:"connections"`
+	Duration     time.Duration `json:"duration"`
+	Warmup       time.Duration `json:"warmup"`
+	KeepAlive    bool          `json:"keepalive"`
+	PayloadBytes int           `json:"payload_bytes"`
+	// Resolution is the histogram bucket width; fortio's default of 1 ms hides sub-ms latency.
+	Resolution time.Duration `json:"resolution"`
+	// CatchUp lets fortio send late requests sooner to hold the requested QPS (its default).
+	CatchUp bool    `json:"catchup"`
+	Uniform bool    `json:"uniform"`
+	Timeout time.Duration `json:"timeout"`
+}
+
+// Event is one line the workload writes on stdout.
+type Event struct {
+	Event  string          `json:"event"` // measure-start, measure-end, result, error
+	Fortio json.RawMessage `json:"fortio,omitempty"`
+	Error  string          `json:"error,omitempty"`
+}
+
+// Percentiles fortio computes from its histogram.
+var Percentiles = []float64{50, 75, 90, 99, 99.9}
+
+// Load runs the warm-up (discarded) and the measured run, writing events to out. Fortio's own
+// log goes to stderr.
+func Load(o Options, out io.Writer) error {
+	log.SetLogLevel(log.Warning)
+	enc := json.NewEncoder(out)
+	emit := func(e Event) {
+		if err := enc.Encode(e); err != nil {
+			fmt.Fprintln(os.Stderr, "write event:", err)
+		}
+	}
+	if o.Warmup > 0 {
+		w := o
+		w.Duration = o.Warmup
+		if _, err := fhttp.RunHTTPTest(runnerOptions(w)); err != nil {
+			emit(Event{Event: "error", Error: "warm-up: " + err.Error()})
+			return err
+		}
+	}
+	emit(Event{Event: "measure-start"})
+	res, err := fhttp.RunHTTPTest(runnerOptions(o))
+	emit(Event{Event: "measure-end"})
+	if err != nil {
+		emit(Event{Event: "error", Error: err.Error()})
+		return err
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	emit(Event{Event: "result", Fortio: b})
+	return nil
+}
+
+func runnerOptions(o Options) *fhttp.HTTPRunnerOptions {
+	ro := &fhttp.HTTPRunnerOptions{}
+	ro.RunnerOptions = periodic.RunnerOptions{
+		QPS:         o.QPS,
+		Duration:    o.Duration,
+		NumThreads:  o.Connections,
+		Percentiles: Percentiles,
+		Resolution:  o.Resolution.Seconds(),
+		Uniform:     o.Uniform,
+		NoCatchUp:   !o.CatchUp,
+		Out:         io.Discard,
+	}
+	if o.QPS <= 0 {
+		ro.QPS = -1 // fortio's "max" mode
+	}
+	ro.HTTPOptions.URL = o.URL
+	ro.HTTPOptions.DisableKeepAlive = !o.KeepAlive
+	ro.HTTPOptions.HTTPReqTimeOut = o.Timeout
+	if o.PayloadBytes > 0 {
+		ro.HTTPOptions.Payload = make([]byte, o.PayloadBytes) // POSTed; the echo server returns it
+		for i := range ro.HTTPOptions.Payload {
+			ro.HTTPOptions.Payload[i] = 'a' + byte(i%26)
+		}
+	}
+	ro.HTTPOptions.Init(o.URL)
+	return ro
+}

@@ -1,0 +1,459 @@
+// Package report renders benchmark results into Markdown reports with latency plots. Only valid
+// runs feed a plot or a table; invalid ones are listed with their reasons so nothing disappears
+// silently.
+package report
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/onehop-mesh/onehop/bench"
+)
+
+// baseline is the variant ratios are computed against.
+const baseline = "baseline"
+
+// plotted are the percentiles drawn and tabulated; p99.9 from short runs is too noisy to compare.
+var plotted = []string{"p50", "p90", "p99"}
+
+// Metric names for the non-latency values aggregated per cell; components get compPrefix.
+const (
+	mQPS       = "qps"
+	mBusy      = "busy"
+	mSoftirq   = "softirq"
+	compPrefix = "cpu:"
+)
+
+// stat summarises one metric over the valid repetitions of a cell.
+type stat struct {
+	med, min, max float64
+	n             int
+}
+
+// cell is one point on a plot: a variant at a connection count.
+type cell struct {
+	variant string
+	conns   int
+}
+
+// section is everything measured for one placement and keep-alive mode; it becomes one plot and
+// its tables.
+type section struct {
+	placement  string
+	keepAlive  bool
+	load       string
+	variants   []string
+	conns      []int
+	components []string
+	// cells maps a cell that ran to its metrics; the map is empty when no repetition was valid.
+	cells map[cell]map[string]stat
+}
+
+// Render writes <outDir>/<scenario-name>.md and its plots
+// (<scenario-name>-<placement>-<keepalive|newconn>.svg and .png) for one result, returning the
+// files written.
+func Render(r *bench.Result, outDir string) ([]string, error) {
+	name := fileName(r.Scenario.Name)
+	if name == "" {
+		return nil, fmt.Errorf("result has no scenario name")
+	}
+	secs, err := sections(r.Runs)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", r.Scenario.Name, err)
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return nil, err
+	}
+	variants := variantsOf(r.Runs)
+
+	var b strings.Builder
+	writeHeader(&b, r, variants)
+	var files []string
+	for _, s := range secs {
+		label, file := mode(s.keepAlive)
+		base := fmt.Sprintf("%s-%s-%s", name, fileName(s.placement), file)
+		title := fmt.Sprintf("latency vs connections — %s, %s, %s", s.placement, label, s.load)
+		written, err := writePlots(s, variants, title, filepath.Join(outDir, base))
+		files = append(files, written...)
+		if err != nil {
+			return files, err
+		}
+		writeSection(&b, s, title, base)
+	}
+	writeInvalid(&b, r.Runs)
+
+	md := filepath.Join(outDir, name+".md")
+	if err := os.WriteFile(md, []byte(b.String()), 0o644); err != nil {
+		return files, err
+	}
+	return append([]string{md}, files...), nil
+}
+
+// Index writes <outDir>/README.md linking every scenario report found in results (one line per
+// scenario with its date, git revision and a validity count). When a scenario appears more than
+// once the most recent result is listed, as Render would have overwritten the older report.
+func Index(results []*bench.Result, outDir string) error {
+	latest := map[string]*bench.Result{}
+	for _, r := range results {
+		n := fileName(r.Scenario.Name)
+		if old, ok := latest[n]; n != "" && (!ok || r.StartedAt.After(old.StartedAt)) {
+			latest[n] = r
+		}
+	}
+	var b strings.Builder
+	b.WriteString("# Benchmark reports\n\n")
+	for _, n := range slices.Sorted(maps.Keys(latest)) {
+		r := latest[n]
+		fmt.Fprintf(&b, "- [%s](%s.md) — %s, revision %s, %s runs valid\n", r.Scenario.Name, n,
+			r.StartedAt.UTC().Format("2006-01-02 15:04 MST"), revision(r), validity(r.Runs))
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(outDir, "README.md"), []byte(b.String()), 0o644)
+}
+
+// sections groups runs by placement and keep-alive mode, then by variant and connection count,
+// aggregating the valid repetitions of each cell.
+func sections(runs []bench.Run) ([]*section, error) {
+	type key struct {
+		placement string
+		keepAlive bool
+	}
+	byKey := map[key][]bench.Run{}
+	for _, r := range runs {
+		k := key{r.Placement, r.KeepAlive}
+		byKey[k] = append(byKey[k], r)
+	}
+	var out []*section
+	for k, all := range byKey {
+		s := &section{placement: k.placement, keepAlive: k.keepAlive, cells: map[cell]map[string]stat{}}
+		byCell := map[cell][]bench.Run{}
+		for _, r := range all {
+			byCell[cell{r.Variant, r.Connections}] = append(byCell[cell{r.Variant, r.Connections}], r)
+		}
+		// Medians over different offered loads would mix incomparable numbers.
+		loads := distinct(all, loadLabel)
+		if len(loads) > 1 {
+			return nil, fmt.Errorf("%s, %s mixes loads %s; one report section needs one load",
+				s.placement, modeLabel(s.keepAlive), strings.Join(loads, ", "))
+		}
+		s.load = loads[0]
+		s.variants = variantsOf(all)
+		s.conns = distinct(all, func(x bench.Run) int { return x.Connections })
+		comps := map[string]bool{}
+		for c, rs := range byCell {
+			s.cells[c] = aggregate(rs)
+			for m := range s.cells[c] {
+				if name, ok := strings.CutPrefix(m, compPrefix); ok {
+					comps[name] = true
+				}
+			}
+		}
+		s.components = slices.Sorted(maps.Keys(comps))
+		out = append(out, s)
+	}
+	// Placements alphabetically, keep-alive before new connections.
+	slices.SortFunc(out, func(a, b *section) int {
+		return cmp.Or(strings.Compare(a.placement, b.placement), cmp.Compare(modeLabel(a.keepAlive), modeLabel(b.keepAlive)))
+	})
+	return out, nil
+}
+
+// aggregate reduces the valid runs of one cell to per-metric median, min and max.
+func aggregate(runs []bench.Run) map[string]stat {
+	values := map[string][]float64{}
+	for _, r := range runs {
+		if !r.Valid {
+			continue
+		}
+		values[mQPS] = append(values[mQPS], r.Latency.ActualQPS)
+		values[mBusy] = append(values[mBusy], r.CPUPer1k.HostBusyMS)
+		values[mSoftirq] = append(values[mSoftirq], r.CPUPer1k.HostSoftirqMS)
+		for _, p := range plotted {
+			if v, ok := r.Latency.Percentile(p); ok {
+				values[p] = append(values[p], v)
+			}
+		}
+		for c, v := range r.CPUPer1k.Components {
+			values[compPrefix+c] = append(values[compPrefix+c], v)
+		}
+	}
+	out := make(map[string]stat, len(values))
+	for m, vs := range values {
+		slices.Sort(vs)
+		n := len(vs)
+		// The median, not the mean: one disturbed repetition must not move the reported figure.
+		out[m] = stat{med: (vs[(n-1)/2] + vs[n/2]) / 2, min: vs[0], max: vs[n-1], n: n}
+	}
+	return out
+}
+
+// lookup returns a cell's metric, or why there is none: "invalid" when no repetition was valid,
+// "–" when it was not measured at all.
+func (s *section) lookup(c cell, metric string) (stat, string) {
+	m, ran := s.cells[c]
+	st, ok := m[metric]
+	switch {
+	case ok:
+		return st, ""
+	case ran && len(m) == 0:
+		return st, "invalid"
+	default:
+		return st, "–"
+	}
+}
+
+func (s *section) show(c cell, metric string, format func(stat) string) string {
+	st, missing := s.lookup(c, metric)
+	if missing != "" {
+		return missing
+	}
+	return format(st)
+}
+
+func writeHeader(b *strings.Builder, r *bench.Result, variants []string) {
+	fmt.Fprintf(b, "# %s\n\n", r.Scenario.Name)
+	if r.Scenario.Description != "" {
+		fmt.Fprintf(b, "%s\n\n", r.Scenario.Description)
+	}
+	b.WriteString("## What was measured\n\n")
+	fmt.Fprintf(b, "Variants: %s. Placements: %s. Connections: %s (%s). "+
+		"Load: %s; each run lasted %s with a %s-byte payload; %d repetitions per point "+
+		"(%s runs valid). Latencies are the median over valid repetitions, with the min–max range "+
+		"in parentheses; CPU is CPU-milliseconds per 1000 requests.\n\n",
+		join(variants), join(distinct(r.Runs, func(x bench.Run) string { return x.Placement })),
+		join(distinct(r.Runs, func(x bench.Run) int { return x.Connections })),
+		join(distinct(r.Runs, func(x bench.Run) string { return modeLabel(x.KeepAlive) })),
+		join(distinct(r.Runs, loadLabel)), join(distinct(r.Runs, func(x bench.Run) time.Duration { return x.Duration })),
+		join(distinct(r.Runs, func(x bench.Run) int { return x.PayloadBytes })),
+		len(distinct(r.Runs, func(x bench.Run) int { return x.Repetition })), validity(r.Runs))
+
+	e, c := r.Environment, r.Cluster
+	rows := [][]string{
+		{"Host", e.Hostname},
+		{"OS", e.OS},
+		{"Kernel", strings.TrimSpace(e.Kernel + " " + e.KernelVersion)},
+		{"Architecture", e.Arch},
+		{"CPU", e.CPUModel},
+		{"Cores", fmt.Sprint(e.Cores)},
+		{"Memory", fmt.Sprintf("%.1f GiB", float64(e.MemoryBytes)/(1<<30))},
+		{"Go", e.GoVersion},
+	}
+	for _, m := range slices.Sorted(maps.Keys(e.Modules)) {
+		rows = append(rows, []string{"Module " + m, e.Modules[m]})
+	}
+	for _, t := range slices.Sorted(maps.Keys(e.Tools)) {
+		rows = append(rows, []string{"Tool " + t, e.Tools[t]})
+	}
+	rows = append(rows,
+		[]string{"Git revision", revision(r)},
+		[]string{"Cluster", fmt.Sprintf("%s %s, %d nodes, %s", c.Provider, c.Name, c.Nodes, strings.Join(c.IPFamilies, "/"))},
+		[]string{"Started", r.StartedAt.UTC().Format(time.RFC3339)},
+		[]string{"Ended", r.EndedAt.UTC().Format(time.RFC3339)},
+		[]string{"Wall time", r.EndedAt.Sub(r.StartedAt).Round(time.Second).String()},
+	)
+	b.WriteString("## Environment\n\n")
+	writeTable(b, []string{"property", "value"}, rows)
+}
+
+func writeSection(b *strings.Builder, s *section, title, base string) {
+	fmt.Fprintf(b, "## %s, %s\n\n", s.placement, modeLabel(s.keepAlive))
+	fmt.Fprintf(b, "[![%s](%s.png)](%s.svg)\n\n[SVG](%s.svg)\n\n", title, base, base, base)
+
+	latency := func(st stat) string {
+		if st.n > 1 {
+			return fmt.Sprintf("%s (%s–%s)", num(st.med), num(st.min), num(st.max))
+		}
+		return num(st.med)
+	}
+	median := func(st stat) string { return num(st.med) }
+	head := []string{"connections"}
+	for _, v := range s.variants {
+		for _, p := range plotted {
+			head = append(head, fmt.Sprintf("%s %s µs", v, p))
+		}
+		head = append(head, v+" QPS")
+	}
+	writeTable(b, head, s.rows(func(c int) (row []string) {
+		for _, v := range s.variants {
+			for _, p := range plotted {
+				row = append(row, s.show(cell{v, c}, p, latency))
+			}
+			row = append(row, s.show(cell{v, c}, mQPS, median))
+		}
+		return row
+	}))
+
+	if slices.Contains(s.variants, baseline) && len(s.variants) > 1 {
+		fmt.Fprintf(b, "Ratio to %s (median latency of the variant / median latency of %s):\n\n", baseline, baseline)
+		head = []string{"connections"}
+		for _, v := range s.variants[1:] {
+			head = append(head, v+" p50", v+" p99")
+		}
+		writeTable(b, head, s.rows(func(c int) (row []string) {
+			for _, v := range s.variants[1:] {
+				for _, p := range []string{"p50", "p99"} {
+					row = append(row, s.ratio(cell{v, c}, cell{baseline, c}, p))
+				}
+			}
+			return row
+		}))
+	}
+
+	fmt.Fprintf(b, "CPU-milliseconds per 1000 requests (median over valid repetitions):\n\n")
+	head = []string{"variant", "connections", "host busy", "host softirq"}
+	for _, c := range s.components {
+		head = append(head, c)
+	}
+	var rows [][]string
+	for _, v := range s.variants {
+		for _, c := range s.conns {
+			row := []string{v, fmt.Sprint(c), s.show(cell{v, c}, mBusy, median), s.show(cell{v, c}, mSoftirq, median)}
+			for _, comp := range s.components {
+				row = append(row, s.show(cell{v, c}, compPrefix+comp, median))
+			}
+			rows = append(rows, row)
+		}
+	}
+	writeTable(b, head, rows)
+}
+
+// rows builds one table row per connection count, led by the count.
+func (s *section) rows(cols func(conns int) []string) [][]string {
+	var out [][]string
+	for _, c := range s.conns {
+		out = append(out, append([]string{fmt.Sprint(c)}, cols(c)...))
+	}
+	return out
+}
+
+// ratio is variant/baseline of a percentile's medians.
+func (s *section) ratio(v, base cell, p string) string {
+	a, amiss := s.lookup(v, p)
+	b, bmiss := s.lookup(base, p)
+	if amiss != "" || bmiss != "" || b.med == 0 {
+		return cmp.Or(amiss, bmiss, "–")
+	}
+	return fmt.Sprintf("%.2f", a.med/b.med)
+}
+
+// writeInvalid lists every run kept out of the plots, so an exclusion is always visible.
+func writeInvalid(b *strings.Builder, runs []bench.Run) {
+	b.WriteString("## Runs flagged invalid\n\n")
+	bad := invalid(runs)
+	if len(bad) == 0 {
+		b.WriteString("None: every run passed the validity checks.\n")
+		return
+	}
+	slices.SortFunc(bad, func(x, y bench.Run) int { return strings.Compare(x.ID, y.ID) })
+	for _, r := range bad {
+		fmt.Fprintf(b, "- `%s` (%s, %s, %s, %d connections, repetition %d): %s\n", r.ID, r.Variant, r.Placement,
+			modeLabel(r.KeepAlive), r.Connections, r.Repetition, cmp.Or(strings.Join(r.Invalid, "; "), "no reason recorded"))
+	}
+}
+
+// writeTable writes a Markdown table, marking an empty cell "–" so it does not read as a glitch.
+func writeTable(b *strings.Builder, head []string, rows [][]string) {
+	line := func(cells []string) {
+		for i, c := range cells {
+			cells[i] = cmp.Or(strings.ReplaceAll(c, "|", `\|`), "–")
+		}
+		fmt.Fprintf(b, "| %s |\n", strings.Join(cells, " | "))
+	}
+	line(head)
+	line(slices.Repeat([]string{"---"}, len(head)))
+	for _, r := range rows {
+		line(r)
+	}
+	b.WriteString("\n")
+}
+
+// num keeps three significant figures or so: 1234, 56.7, 0.89.
+func num(v float64) string {
+	decimals := 2
+	if a := math.Abs(v); a >= 100 {
+		decimals = 0
+	} else if a >= 10 {
+		decimals = 1
+	}
+	return strconv.FormatFloat(v, 'f', decimals, 64)
+}
+
+func loadLabel(r bench.Run) string {
+	switch r.Mode {
+	case "fixed-qps":
+		return fmt.Sprintf("%g QPS", r.RequestedQPS)
+	case "max-qps":
+		return "max QPS"
+	}
+	return r.Mode
+}
+
+// mode names a keep-alive setting for readers and for file names.
+func mode(keepAlive bool) (label, file string) {
+	if keepAlive {
+		return "keep-alive", "keepalive"
+	}
+	return "new connection per request", "newconn"
+}
+
+func modeLabel(keepAlive bool) string { label, _ := mode(keepAlive); return label }
+
+func revision(r *bench.Result) string {
+	rev := cmp.Or(r.Environment.GitRevision, "unknown")
+	if r.Environment.GitDirty {
+		rev += " (dirty)"
+	}
+	return rev
+}
+
+// variantsOf lists variants alphabetically but the baseline first, as the reference the others are
+// read against.
+func variantsOf(runs []bench.Run) []string {
+	vs := distinct(runs, func(r bench.Run) string { return r.Variant })
+	if i := slices.Index(vs, baseline); i > 0 {
+		vs = slices.Insert(slices.Delete(vs, i, i+1), 0, baseline)
+	}
+	return vs
+}
+
+// fileName keeps names safe as file names and link targets.
+func fileName(s string) string { return unsafeChars.ReplaceAllString(s, "-") }
+
+var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9._-]`)
+
+func invalid(runs []bench.Run) []bench.Run {
+	return slices.DeleteFunc(slices.Clone(runs), func(r bench.Run) bool { return r.Valid })
+}
+
+func validity(runs []bench.Run) string {
+	return fmt.Sprintf("%d/%d", len(runs)-len(invalid(runs)), len(runs))
+}
+
+// distinct returns the sorted distinct values of f over runs.
+func distinct[T cmp.Ordered](runs []bench.Run, f func(bench.Run) T) []T {
+	var out []T
+	for _, r := range runs {
+		out = append(out, f(r))
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func join[T any](xs []T) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, ", ")
+}

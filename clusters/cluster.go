@@ -1,0 +1,78 @@
+// Package clusters defines the lab's cluster seam: a Provider brings clusters up and down, a
+// Cluster runs pods, services and processes. The embedded default provider is clusters/netns
+// (network namespaces and cgroups on one host); others (kind, any kubeconfig) sit behind the same
+// interfaces.
+package clusters
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+
+	"github.com/onehop-mesh/onehop/bench/cpu"
+	"github.com/onehop-mesh/onehop/clusters/services"
+)
+
+// Provider creates, finds and removes clusters of one kind.
+type Provider interface {
+	// Up creates the cluster described by spec, or completes and reuses one of that name.
+	Up(ctx context.Context, spec Spec) (Cluster, error)
+	// Open attaches to a running cluster.
+	Open(ctx context.Context, name string) (Cluster, error)
+	// Down removes everything the cluster created; it succeeds when nothing is left.
+	Down(ctx context.Context, name string) error
+}
+
+// Cluster is a running lab.
+type Cluster interface {
+	Name() string
+	Provider() string
+	Spec() Spec
+	// Services is the service/endpoint store every data plane variant reads.
+	Services() *services.Store
+	Pods() []Pod
+	Pod(name string) (Pod, bool)
+	CreatePod(ctx context.Context, p PodSpec) (Pod, error)
+	DeletePod(ctx context.Context, name string) error
+	UpsertService(ctx context.Context, s ServiceDef) (services.Service, error)
+	// Start runs a process inside a pod (network namespace and cgroup).
+	Start(ctx context.Context, pod string, cmd Command) (*Process, error)
+	// Dial opens a TCP or UDP socket from inside a pod's network namespace.
+	Dial(ctx context.Context, pod, network, address string) (net.Conn, error)
+	// CPUTargets lists every cgroup worth sampling (pods and node components).
+	CPUTargets() []cpu.Target
+	// Close releases the handle; the cluster keeps running.
+	Close() error
+}
+
+// NodeRunner is implemented by clusters whose nodes the lab itself programs (the netns cluster):
+// it runs a command in a node's network namespace, as a hostNetwork DaemonSet would.
+type NodeRunner interface {
+	RunOnNode(ctx context.Context, node string, stdin []byte, argv ...string) ([]byte, error)
+}
+
+// Pod is a created pod.
+type Pod struct {
+	PodSpec
+	IPs    []netip.Addr `json:"ips"`
+	Netns  string       `json:"netns"`  // network namespace name
+	Cgroup string       `json:"cgroup"` // cgroup v2 directory
+}
+
+// Command is a process to start in a pod.
+type Command struct {
+	Name string   // short name for the log file
+	Argv []string // program and arguments
+	// Detach lets the process outlive the caller (its own session, output to the log file).
+	Detach bool
+	// Stdout, when set, receives the standard output instead of the log file.
+	Stdout io.Writer
+}
+
+// Process is a started process.
+type Process struct {
+	*exec.Cmd
+	LogPath string
+}

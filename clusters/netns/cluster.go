@@ -1,0 +1,484 @@
+package netns
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/onehop-mesh/onehop/bench/cpu"
+	"github.com/onehop-mesh/onehop/clusters"
+	"github.com/onehop-mesh/onehop/clusters/kubeproxy"
+	"github.com/onehop-mesh/onehop/clusters/services"
+)
+
+// Cluster is a running netns lab. It holds the lab's lock until Close.
+type Cluster struct {
+	p    *Provider
+	name string
+	lock *os.File
+	mu   sync.Mutex
+	st   state
+}
+
+var (
+	_ clusters.Cluster    = (*Cluster)(nil)
+	_ clusters.NodeRunner = (*Cluster)(nil)
+)
+
+func (c *Cluster) Name() string              { return c.name }
+func (c *Cluster) Provider() string          { return ProviderName }
+func (c *Cluster) Services() *services.Store { return c.st.Store }
+
+// Spec returns the lab's spec with its current pods and services.
+func (c *Cluster) Spec() clusters.Spec {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.st.Spec
+	s.Pods = nil
+	for _, p := range c.st.Pods {
+		s.Pods = append(s.Pods, p.PodSpec)
+	}
+	return s
+}
+
+// Close releases the lab's lock; the lab keeps running.
+func (c *Cluster) Close() error {
+	if c.lock == nil {
+		return nil
+	}
+	err := c.lock.Close()
+	c.lock = nil
+	return err
+}
+
+// Pods returns the lab's pods sorted by name.
+func (c *Cluster) Pods() []clusters.Pod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := append([]clusters.Pod(nil), c.st.Pods...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Pod returns one pod.
+func (c *Cluster) Pod(name string) (clusters.Pod, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range c.st.Pods {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return clusters.Pod{}, false
+}
+
+func (c *Cluster) node(name string) (node, bool) {
+	for _, n := range c.st.Nodes {
+		if n.Name == name {
+			return n, true
+		}
+	}
+	return node{}, false
+}
+
+// up creates the underlay and every node that is not complete yet.
+func (c *Cluster) up(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Join(c.p.labDir(c.name), "logs"), 0o755); err != nil {
+		return err
+	}
+	ul := underlayNetns(c.name)
+	if !netnsExists(ul) {
+		c.p.progress("create underlay %s", ul)
+		if err := ipBatch(ctx, "", "netns add "+ul); err != nil {
+			return err
+		}
+		if err := ipBatch(ctx, ul, "link set lo up",
+			fmt.Sprintf("link add %s mtu %d type bridge", underlayBridge, c.st.Spec.Network.MTU),
+			"link set "+underlayBridge+" up"); err != nil {
+			return fmt.Errorf("create underlay bridge in %s (does the kernel have CONFIG_BRIDGE?): %w", ul, err)
+		}
+	}
+	for i := range c.st.Nodes {
+		n := &c.st.Nodes[i]
+		if n.Ready && netnsExists(n.Netns) {
+			continue
+		}
+		c.p.progress("create node %s (%s)", n.Name, n.Netns)
+		if err := c.createNode(ctx, *n); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		n.Ready = true
+		if err := c.save(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) createNode(ctx context.Context, n node) error {
+	ul := underlayNetns(c.name)
+	if netnsExists(n.Netns) { // left half-made by an interrupted up
+		if err := ipBatch(ctx, "", "netns delete "+n.Netns); err != nil {
+			return err
+		}
+	}
+	mtu := c.st.Spec.Network.MTU
+	ipBatch(ctx, ul, "link delete "+n.Name) // a stale underlay port from an interrupted up
+	if err := ipBatch(ctx, "", "netns add "+n.Netns); err != nil {
+		return err
+	}
+	lines := []string{
+		"link set lo up",
+		fmt.Sprintf("link add %s mtu %d type veth peer name %s netns %s", nodeUplink, mtu, n.Name, ul),
+		"link set " + nodeUplink + " up",
+		fmt.Sprintf("link add %s address %s mtu %d type bridge", podBridge, bridgeMAC(n.Index), mtu),
+		"link set " + podBridge + " up",
+	}
+	fams := families(c.st.Spec)
+	for fi, f := range fams {
+		lines = append(lines,
+			fmt.Sprintf("addr add %s/%d dev %s%s", n.Underlay[fi], f.underlayBits, nodeUplink, f.addrFlags),
+			fmt.Sprintf("addr add %s/%d dev %s%s", n.gateway(fi), n.PodCIDRs[fi].Bits(), podBridge, f.addrFlags))
+		for _, peer := range c.st.Nodes {
+			if peer.Name != n.Name {
+				lines = append(lines, fmt.Sprintf("route add %s via %s dev %s", peer.PodCIDRs[fi], peer.Underlay[fi], nodeUplink))
+			}
+		}
+	}
+	if err := ipBatch(ctx, n.Netns, lines...); err != nil {
+		return err
+	}
+	if err := ipBatch(ctx, ul, fmt.Sprintf("link set %s master %s up", n.Name, underlayBridge)); err != nil {
+		return err
+	}
+	// A node routes pod traffic, and (as kube-proxy requires) bridged pod traffic goes through
+	// iptables so that service NAT also applies between pods on the same bridge.
+	kv := []string{"net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1", "net.ipv4.conf.all.rp_filter=0"}
+	if c.st.Spec.HasFamily("ipv6") {
+		kv = append(kv, "net.ipv6.conf.all.forwarding=1", "net.bridge.bridge-nf-call-ip6tables=1")
+	}
+	if err := sysctl(ctx, n.Netns, kv...); err != nil {
+		return fmt.Errorf("%w (bridge-nf-call-iptables needs CONFIG_BRIDGE_NETFILTER)", err)
+	}
+	return os.MkdirAll(filepath.Join(c.p.CgroupRoot, prefix(c.name), n.Name), 0o755)
+}
+
+// CreatePod creates a pod (idempotent: an existing complete pod with the same spec is kept) and
+// starts its workload.
+func (c *Cluster) CreatePod(ctx context.Context, ps clusters.PodSpec) (clusters.Pod, error) {
+	spec := clusters.Spec{Name: c.name, Nodes: c.st.Spec.Nodes, IPFamilies: c.st.Spec.IPFamilies, Network: c.st.Spec.Network,
+		Namespaces: c.st.Spec.Namespaces, Pods: []clusters.PodSpec{ps}}
+	spec.SetDefaults()
+	if err := spec.Validate(); err != nil {
+		return clusters.Pod{}, fmt.Errorf("pod %s: %w", ps.Name, err)
+	}
+	ps = spec.Pods[0]
+	if old, ok := c.Pod(ps.Name); ok {
+		if equalPodSpec(old.PodSpec, ps) && netnsExists(old.Netns) && c.st.Store.HasPod(ps.Name) {
+			return old, nil
+		}
+		if err := c.DeletePod(ctx, ps.Name); err != nil {
+			return clusters.Pod{}, err
+		}
+	}
+	n, _ := c.node(ps.Node)
+	pod := clusters.Pod{PodSpec: ps, Netns: podNetns(c.name, ps.Name), Cgroup: podCgroup(c.p.CgroupRoot, c.name, n.Name, ps.Name)}
+	ord := c.freeOrdinal(n.Name)
+	for fi := range families(c.st.Spec) {
+		pod.IPs = append(pod.IPs, host(n.PodCIDRs[fi], ord))
+	}
+	c.p.progress("create pod %s on %s (%v)", ps.Name, n.Name, pod.IPs)
+	c.mu.Lock()
+	c.st.Pods = append(c.st.Pods, pod)
+	c.mu.Unlock()
+	if err := c.save(); err != nil { // recorded first, so down and a retried up know about it
+		return pod, err
+	}
+	if err := c.createPodNet(ctx, n, pod); err != nil {
+		return pod, fmt.Errorf("pod %s: %w", ps.Name, err)
+	}
+	if err := os.MkdirAll(pod.Cgroup, 0o755); err != nil {
+		return pod, fmt.Errorf("pod %s: create cgroup: %w", ps.Name, err)
+	}
+	if ps.Workload != nil {
+		if err := c.startWorkload(ctx, pod); err != nil {
+			return pod, err
+		}
+	}
+	c.st.Store.UpsertPod(services.Pod{Namespace: ps.Namespace, Name: ps.Name, Node: ps.Node, IPs: pod.IPs, Labels: ps.Labels, Ready: true})
+	if err := c.syncServices(ctx); err != nil {
+		return pod, err
+	}
+	return pod, c.save()
+}
+
+func equalPodSpec(a, b clusters.PodSpec) bool { return reflect.DeepEqual(a, b) }
+
+// freeOrdinal returns the lowest host number (from 2; 1 is the gateway) unused on the node.
+func (c *Cluster) freeOrdinal(nodeName string) int {
+	n, _ := c.node(nodeName)
+	used := map[netip.Addr]bool{}
+	for _, p := range c.st.Pods {
+		for _, ip := range p.IPs {
+			used[ip] = true
+		}
+	}
+	for ord := 2; ; ord++ {
+		if !used[host(n.PodCIDRs[0], ord)] {
+			return ord
+		}
+	}
+}
+
+func (c *Cluster) createPodNet(ctx context.Context, n node, pod clusters.Pod) error {
+	if netnsExists(pod.Netns) {
+		if err := ipBatch(ctx, "", "netns delete "+pod.Netns); err != nil {
+			return err
+		}
+	}
+	veth, mtu := hostVeth(pod.Name), c.st.Spec.Network.MTU
+	ipBatch(ctx, n.Netns, "link delete "+veth) // stale end from an interrupted create
+	if err := ipBatch(ctx, "", "netns add "+pod.Netns); err != nil {
+		return err
+	}
+	if err := ipBatch(ctx, n.Netns,
+		fmt.Sprintf("link add %s mtu %d type veth peer name %s netns %s", veth, mtu, podIface, pod.Netns),
+		fmt.Sprintf("link set %s master %s up", veth, podBridge),
+		// Hairpin lets a pod reach itself through its own service VIP.
+		fmt.Sprintf("link set %s type bridge_slave hairpin on", veth)); err != nil {
+		return err
+	}
+	lines := []string{"link set lo up", "link set " + podIface + " up"}
+	for fi, f := range families(c.st.Spec) {
+		lines = append(lines,
+			fmt.Sprintf("addr add %s/%d dev %s%s", pod.IPs[fi], n.PodCIDRs[fi].Bits(), podIface, f.addrFlags),
+			fmt.Sprintf("route add %s via %s dev %s", f.defaultRoute, n.gateway(fi), podIface))
+	}
+	return ipBatch(ctx, pod.Netns, lines...)
+}
+
+// DeletePod stops the pod's processes and removes its namespace and cgroup.
+func (c *Cluster) DeletePod(ctx context.Context, name string) error {
+	pod, ok := c.Pod(name)
+	if !ok {
+		return nil
+	}
+	c.st.Store.DeletePod(name)
+	if err := c.syncServices(ctx); err != nil {
+		return err
+	}
+	if err := killCgroup(pod.Cgroup); err != nil {
+		return err
+	}
+	if err := removeCgroupTree(pod.Cgroup); err != nil {
+		return err
+	}
+	if netnsExists(pod.Netns) {
+		if err := ipBatch(ctx, "", "netns delete "+pod.Netns); err != nil {
+			return err
+		}
+	}
+	c.mu.Lock()
+	for i, p := range c.st.Pods {
+		if p.Name == name {
+			c.st.Pods = append(c.st.Pods[:i], c.st.Pods[i+1:]...)
+			break
+		}
+	}
+	c.mu.Unlock()
+	return c.save()
+}
+
+// UpsertService adds or updates a ClusterIP service and programs it on every node.
+func (c *Cluster) UpsertService(ctx context.Context, sd clusters.ServiceDef) (services.Service, error) {
+	spec := clusters.Spec{Name: c.name, Nodes: c.st.Spec.Nodes, IPFamilies: c.st.Spec.IPFamilies, Network: c.st.Spec.Network,
+		Namespaces: c.st.Spec.Namespaces, Services: []clusters.ServiceDef{sd}}
+	spec.SetDefaults()
+	if err := spec.Validate(); err != nil {
+		return services.Service{}, fmt.Errorf("service %s: %w", sd.Name, err)
+	}
+	sd = spec.Services[0]
+	svc := services.Service{Namespace: sd.Namespace, Name: sd.Name, Selector: sd.Selector}
+	for _, p := range sd.Ports {
+		svc.Ports = append(svc.Ports, services.Port{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(p.TargetPort), Protocol: services.Protocol(p.Protocol)})
+	}
+	svc, err := c.st.Store.UpsertService(svc)
+	if err != nil {
+		return svc, err
+	}
+	if err := c.syncServices(ctx); err != nil {
+		return svc, err
+	}
+	return svc, c.save()
+}
+
+// syncServices programs the kube-proxy-style rules of every family on every node.
+func (c *Cluster) syncServices(ctx context.Context) error {
+	snap := c.st.Store.Snapshot()
+	for _, n := range c.st.Nodes {
+		runner := func(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
+			return c.RunOnNode(ctx, n.Name, stdin, argv...)
+		}
+		for _, f := range c.st.Spec.IPFamilies {
+			if err := kubeproxy.Sync(ctx, runner, kubeproxy.Family(f), snap); err != nil {
+				return fmt.Errorf("program services on node %s: %w", n.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// RunOnNode runs a command in a node's network namespace and waits for it.
+func (c *Cluster) RunOnNode(ctx context.Context, nodeName string, stdin []byte, argv ...string) ([]byte, error) {
+	n, ok := c.node(nodeName)
+	if !ok {
+		return nil, fmt.Errorf("no node %q in lab %s", nodeName, c.name)
+	}
+	return run(ctx, stdin, append([]string{"ip", "netns", "exec", n.Netns}, argv...)...)
+}
+
+// Start runs a process inside a pod: in its network namespace and, from the first instruction,
+// in its cgroup (clone3 with CLONE_INTO_CGROUP), so its CPU time is the pod's.
+func (c *Cluster) Start(ctx context.Context, podName string, cmd clusters.Command) (*clusters.Process, error) {
+	pod, ok := c.Pod(podName)
+	if !ok {
+		return nil, fmt.Errorf("no pod %q in lab %s", podName, c.name)
+	}
+	return c.start(ctx, pod.Netns, pod.Cgroup, podName, cmd)
+}
+
+// StartOnNode runs a node component (like a DaemonSet pod with hostNetwork) in the node's
+// network namespace and its own cgroup under the node.
+func (c *Cluster) StartOnNode(ctx context.Context, nodeName string, cmd clusters.Command) (*clusters.Process, error) {
+	n, ok := c.node(nodeName)
+	if !ok {
+		return nil, fmt.Errorf("no node %q in lab %s", nodeName, c.name)
+	}
+	cg := daemonCgroup(c.p.CgroupRoot, c.name, n.Name, cmd.Name)
+	if err := os.MkdirAll(cg, 0o755); err != nil {
+		return nil, err
+	}
+	return c.start(ctx, n.Netns, cg, nodeName, cmd)
+}
+
+func (c *Cluster) start(ctx context.Context, netnsName, cgroup, owner string, cmd clusters.Command) (*clusters.Process, error) {
+	if len(cmd.Argv) == 0 {
+		return nil, fmt.Errorf("start in %s: empty command", owner)
+	}
+	cgfd, err := os.Open(cgroup)
+	if err != nil {
+		return nil, fmt.Errorf("start %s in %s: open cgroup: %w", cmd.Name, owner, err)
+	}
+	defer cgfd.Close()
+	logPath := filepath.Join(c.p.labDir(c.name), "logs", owner+"."+cmd.Name+".log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	argv := append([]string{"ip", "netns", "exec", netnsName}, cmd.Argv...)
+	var ex *exec.Cmd
+	if cmd.Detach {
+		ex = exec.Command(argv[0], argv[1:]...)
+	} else {
+		ex = exec.CommandContext(ctx, argv[0], argv[1:]...)
+		ex.Cancel = func() error { return ex.Process.Signal(syscall.SIGTERM) }
+		ex.WaitDelay = 5 * time.Second
+	}
+	ex.Stdout, ex.Stderr = logf, logf
+	if cmd.Stdout != nil {
+		ex.Stdout = cmd.Stdout
+	}
+	ex.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cgfd.Fd()), Setsid: cmd.Detach}
+	if err := ex.Start(); err != nil {
+		return nil, fmt.Errorf("start %s in %s: %w", cmd.Name, owner, err)
+	}
+	if cmd.Detach {
+		go ex.Wait() // reap it if it exits while we run
+	}
+	return &clusters.Process{Cmd: ex, LogPath: logPath}, nil
+}
+
+// startWorkload starts a pod's long-running workload and waits until it accepts connections.
+func (c *Cluster) startWorkload(ctx context.Context, pod clusters.Pod) error {
+	w := pod.Workload
+	argv := []string{c.p.Binary, "workload", w.Kind, "--port", strconv.Itoa(w.Port)}
+	proc, err := c.Start(ctx, pod.Name, clusters.Command{Name: w.Kind, Argv: argv, Detach: true})
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		conn, err := c.Dial(ctx, pod.Name, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(w.Port)))
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			log, _ := os.ReadFile(proc.LogPath)
+			return fmt.Errorf("pod %s: workload %s did not listen on port %d within 15s: %v; log %s:\n%s", pod.Name, w.Kind, w.Port, err, proc.LogPath, tail(log, 2000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+// Dial opens a socket from inside a pod's network namespace (address must be a literal IP).
+func (c *Cluster) Dial(ctx context.Context, podName, network, address string) (net.Conn, error) {
+	pod, ok := c.Pod(podName)
+	if !ok {
+		return nil, fmt.Errorf("no pod %q in lab %s", podName, c.name)
+	}
+	var conn net.Conn
+	err := inNetns(pod.Netns, func() (err error) {
+		conn, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, address)
+		return err
+	})
+	return conn, err
+}
+
+// Listen opens a listening socket inside a pod's network namespace.
+func (c *Cluster) Listen(podName, network, address string) (net.Listener, error) {
+	pod, ok := c.Pod(podName)
+	if !ok {
+		return nil, fmt.Errorf("no pod %q in lab %s", podName, c.name)
+	}
+	var l net.Listener
+	err := inNetns(pod.Netns, func() (err error) {
+		l, err = net.Listen(network, address)
+		return err
+	})
+	return l, err
+}
+
+// CPUTargets lists every pod and node component cgroup of the lab.
+func (c *Cluster) CPUTargets() []cpu.Target {
+	var out []cpu.Target
+	for _, p := range c.Pods() {
+		out = append(out, cpu.Target{Name: p.Name, Component: p.Component, Node: p.Node, Path: p.Cgroup})
+	}
+	for _, n := range c.st.Nodes {
+		dirs, _ := filepath.Glob(daemonCgroup(c.p.CgroupRoot, c.name, n.Name, "*"))
+		for _, d := range dirs {
+			name := filepath.Base(d)[len("daemon-"):]
+			out = append(out, cpu.Target{Name: n.Name + "/" + name, Component: name, Node: n.Name, Path: d})
+		}
+	}
+	return out
+}

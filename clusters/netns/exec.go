@@ -1,0 +1,83 @@
+package netns
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// run executes a command and returns its output; a failure carries the command and its stderr.
+func run(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
+// ipBatch runs iproute2 commands, one per line, inside a network namespace ("" = current).
+func ipBatch(ctx context.Context, netns string, lines ...string) error {
+	argv := []string{"ip"}
+	if netns != "" {
+		argv = append(argv, "-n", netns)
+	}
+	argv = append(argv, "-batch", "-")
+	_, err := run(ctx, []byte(strings.Join(lines, "\n")+"\n"), argv...)
+	return err
+}
+
+// sysctl sets kernel parameters inside a network namespace.
+func sysctl(ctx context.Context, netns string, kv ...string) error {
+	_, err := run(ctx, nil, append([]string{"ip", "netns", "exec", netns, "sysctl", "-q", "-w"}, kv...)...)
+	return err
+}
+
+func netnsExists(name string) bool {
+	_, err := os.Stat(netnsPath(name))
+	return err == nil
+}
+
+// inNetns runs fn on an OS thread switched into the named network namespace. Sockets created by
+// fn stay in that namespace after the thread switches back.
+func inNetns(name string, fn func() error) error {
+	target, err := os.Open(netnsPath(name))
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", name, err)
+	}
+	defer target.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter network namespace %s: %w", name, err)
+			return
+		}
+		ferr := fn()
+		// If the thread cannot go back it stays locked, and Go discards it when the goroutine ends.
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- ferr
+	}()
+	return <-errc
+}

@@ -1,0 +1,302 @@
+// Package services is the lab's service and endpoint store: ClusterIP services with VIPs from the
+// service CIDR, and the pod endpoints their selectors pick. It is the one source of truth every
+// data plane variant reads (kube-proxy-style rules, the xDS control plane, proxy configs), so
+// they all see the same services at the same version.
+package services
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+)
+
+// Protocol is TCP or UDP.
+type Protocol string
+
+// Port is one service port.
+type Port struct {
+	Name       string   `json:"name"`
+	Port       uint16   `json:"port"`
+	TargetPort uint16   `json:"targetPort"`
+	Protocol   Protocol `json:"protocol"`
+}
+
+// Service is a ClusterIP service.
+type Service struct {
+	Namespace  string            `json:"namespace"`
+	Name       string            `json:"name"`
+	ClusterIPs []netip.Addr      `json:"clusterIPs"` // one per IP family, primary first
+	Selector   map[string]string `json:"selector"`
+	Ports      []Port            `json:"ports"`
+}
+
+// Key returns "namespace/name".
+func (s Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// Pod is what the store needs to know of a pod to make it an endpoint.
+type Pod struct {
+	Namespace string            `json:"namespace"`
+	Name      string            `json:"name"`
+	Node      string            `json:"node"`
+	IPs       []netip.Addr      `json:"ips"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Ready     bool              `json:"ready"`
+}
+
+// Endpoint is one pod backing a service.
+type Endpoint struct {
+	Pod   string       `json:"pod"`
+	Node  string       `json:"node"`
+	IPs   []netip.Addr `json:"ips"`
+	Ready bool         `json:"ready"`
+}
+
+// ServiceView is a service with its current endpoints, sorted by pod name.
+type ServiceView struct {
+	Service
+	Endpoints []Endpoint `json:"endpoints"`
+}
+
+// Snapshot is a consistent view of the whole store.
+type Snapshot struct {
+	Version  uint64        `json:"version"`
+	Services []ServiceView `json:"services"` // sorted by key
+}
+
+// Store holds services and pods. It is safe for concurrent use.
+type Store struct {
+	mu       sync.Mutex
+	version  uint64
+	cidrs    []netip.Prefix // service CIDRs, primary family first
+	services map[string]Service
+	pods     map[string]Pod
+	watchers []chan struct{}
+}
+
+// New returns an empty store that allocates VIPs from the given service CIDRs (one per family).
+func New(serviceCIDRs ...netip.Prefix) *Store {
+	return &Store{cidrs: serviceCIDRs, services: map[string]Service{}, pods: map[string]Pod{}}
+}
+
+// UpsertService adds or replaces a service. Missing ClusterIPs are allocated from the service
+// CIDRs; a replaced service keeps the VIPs it had, as in Kubernetes.
+func (s *Store) UpsertService(svc Service) (Service, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.services[svc.Key()]; ok && len(svc.ClusterIPs) == 0 {
+		svc.ClusterIPs = old.ClusterIPs
+	}
+	if len(svc.ClusterIPs) == 0 {
+		for _, cidr := range s.cidrs {
+			ip, err := s.allocate(cidr)
+			if err != nil {
+				return Service{}, fmt.Errorf("service %s: %w", svc.Key(), err)
+			}
+			svc.ClusterIPs = append(svc.ClusterIPs, ip)
+		}
+	}
+	for _, ip := range svc.ClusterIPs {
+		if owner := s.vipOwner(ip); owner != "" && owner != svc.Key() {
+			return Service{}, fmt.Errorf("service %s: cluster IP %s is already used by service %s", svc.Key(), ip, owner)
+		}
+	}
+	s.services[svc.Key()] = svc
+	s.changed()
+	return svc, nil
+}
+
+// DeleteService removes a service; deleting a missing one is not an error.
+func (s *Store) DeleteService(namespace, name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.services[namespace+"/"+name]; ok {
+		delete(s.services, namespace+"/"+name)
+		s.changed()
+	}
+}
+
+// UpsertPod adds or replaces a pod; the endpoints of every service selecting it follow.
+func (s *Store) UpsertPod(p Pod) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pods[p.Name] = p
+	s.changed()
+}
+
+// DeletePod removes a pod and with it its endpoints.
+func (s *Store) DeletePod(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.pods[name]; ok {
+		delete(s.pods, name)
+		s.changed()
+	}
+}
+
+// HasPod reports whether the store knows the pod.
+func (s *Store) HasPod(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.pods[name]
+	return ok
+}
+
+// Pods returns every pod, sorted by name.
+func (s *Store) Pods() []Pod {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Pod, 0, len(s.pods))
+	for _, p := range s.pods {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Snapshot returns the services with their endpoints at the current version.
+func (s *Store) Snapshot() Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	snap := Snapshot{Version: s.version}
+	for _, svc := range s.services {
+		v := ServiceView{Service: svc, Endpoints: []Endpoint{}}
+		for _, p := range s.pods {
+			if p.Namespace == svc.Namespace && selects(svc.Selector, p.Labels) {
+				v.Endpoints = append(v.Endpoints, Endpoint{Pod: p.Name, Node: p.Node, IPs: p.IPs, Ready: p.Ready})
+			}
+		}
+		sort.Slice(v.Endpoints, func(i, j int) bool { return v.Endpoints[i].Pod < v.Endpoints[j].Pod })
+		snap.Services = append(snap.Services, v)
+	}
+	sort.Slice(snap.Services, func(i, j int) bool { return snap.Services[i].Key() < snap.Services[j].Key() })
+	return snap
+}
+
+// Service returns one service view from a snapshot.
+func (snap Snapshot) Service(namespace, name string) (ServiceView, bool) {
+	for _, v := range snap.Services {
+		if v.Namespace == namespace && v.Name == name {
+			return v, true
+		}
+	}
+	return ServiceView{}, false
+}
+
+// Watch returns a channel that receives a value after every change (coalesced: a slow reader
+// sees one notification for many changes and reads the latest Snapshot).
+func (s *Store) Watch() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := make(chan struct{}, 1)
+	s.watchers = append(s.watchers, ch)
+	return ch
+}
+
+func (s *Store) changed() {
+	s.version++
+	for _, ch := range s.watchers {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func selects(selector, labels map[string]string) bool {
+	if len(selector) == 0 {
+		return false
+	}
+	for k, v := range selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Store) vipOwner(ip netip.Addr) string {
+	for k, svc := range s.services {
+		if slices.Contains(svc.ClusterIPs, ip) {
+			return k
+		}
+	}
+	return ""
+}
+
+// allocate returns the lowest free address of cidr, skipping the network address.
+func (s *Store) allocate(cidr netip.Prefix) (netip.Addr, error) {
+	for ip := cidr.Addr().Next(); cidr.Contains(ip); ip = ip.Next() {
+		if s.vipOwner(ip) == "" {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("service CIDR %s is exhausted", cidr)
+}
+
+// state is the persisted form of a store.
+type state struct {
+	Version  uint64         `json:"version"`
+	CIDRs    []netip.Prefix `json:"serviceCIDRs"`
+	Services []Service      `json:"services"`
+	Pods     []Pod          `json:"pods"`
+}
+
+// MarshalJSON persists the store's contents (not its watchers).
+func (s *Store) MarshalJSON() ([]byte, error) {
+	s.mu.Lock()
+	st := state{Version: s.version, CIDRs: s.cidrs}
+	for _, svc := range s.services {
+		st.Services = append(st.Services, svc)
+	}
+	for _, p := range s.pods {
+		st.Pods = append(st.Pods, p)
+	}
+	s.mu.Unlock()
+	sort.Slice(st.Services, func(i, j int) bool { return st.Services[i].Key() < st.Services[j].Key() })
+	sort.Slice(st.Pods, func(i, j int) bool { return st.Pods[i].Name < st.Pods[j].Name })
+	return json.Marshal(st)
+}
+
+// UnmarshalJSON restores a store written by MarshalJSON.
+func (s *Store) UnmarshalJSON(b []byte) error {
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("service store: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.version, s.cidrs = st.Version, st.CIDRs
+	s.services, s.pods = map[string]Service{}, map[string]Pod{}
+	for _, svc := range st.Services {
+		s.services[svc.Key()] = svc
+	}
+	for _, p := range st.Pods {
+		s.pods[p.Name] = p
+	}
+	return nil
+}
+
+// String renders the snapshot as a short table for `cluster status`.
+func (snap Snapshot) String() string {
+	var b strings.Builder
+	for _, v := range snap.Services {
+		fmt.Fprintf(&b, "%s %v", v.Key(), v.ClusterIPs)
+		for _, p := range v.Ports {
+			fmt.Fprintf(&b, " %d->%d/%s", p.Port, p.TargetPort, p.Protocol)
+		}
+		b.WriteString(":")
+		for _, e := range v.Endpoints {
+			fmt.Fprintf(&b, " %s(%s,%v", e.Pod, e.Node, e.IPs)
+			if !e.Ready {
+				b.WriteString(",not-ready")
+			}
+			b.WriteString(")")
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}

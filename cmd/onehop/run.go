@@ -1,0 +1,195 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/onehop-mesh/onehop/bench"
+	"github.com/onehop-mesh/onehop/bench/report"
+	"github.com/onehop-mesh/onehop/scenarios"
+)
+
+// overrides let a user (or a test) shrink a scenario without editing its file.
+type overrides struct {
+	duration, warmup time.Duration
+	connections      []int
+	repetitions      int
+	lab              string
+	resultsDir       string
+	keep             bool
+}
+
+func (o *overrides) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.DurationVar(&o.duration, "duration", 0, "override load.duration of every scenario")
+	f.DurationVar(&o.warmup, "warmup", 0, "override load.warmup")
+	f.IntSliceVar(&o.connections, "connections", nil, "override load.connections (e.g. 1,8,64)")
+	f.IntVar(&o.repetitions, "repetitions", 0, "override load.repetitions")
+	f.StringVar(&o.lab, "lab", "bench", "name of the lab cluster the run creates and removes")
+	f.StringVar(&o.resultsDir, "results", "results", "directory for result JSON files")
+	f.BoolVar(&o.keep, "keep", false, "leave the lab up after the run")
+}
+
+func (o *overrides) load(path string) (*scenarios.Scenario, error) {
+	s, err := scenarios.LoadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if o.duration > 0 {
+		s.Load.Duration = scenarios.Duration(o.duration)
+	}
+	if o.warmup > 0 {
+		s.Load.Warmup = scenarios.Duration(o.warmup)
+	}
+	if len(o.connections) > 0 {
+		s.Load.Connections = o.connections
+	}
+	if o.repetitions > 0 {
+		s.Load.Repetitions = o.repetitions
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("%s with overrides: %w", path, err)
+	}
+	return s, nil
+}
+
+func (o *overrides) runner() (*scenarios.Runner, error) {
+	p, err := newProvider()
+	if err != nil {
+		return nil, err
+	}
+	return &scenarios.Runner{Provider: p, Binary: p.Binary, ResultsDir: o.resultsDir, Lab: o.lab,
+		Progress: os.Stderr, KeepCluster: o.keep}, nil
+}
+
+func runCmd() *cobra.Command {
+	var o overrides
+	cmd := &cobra.Command{
+		Use:   "run <scenario.yaml>...",
+		Short: "Run scenarios on a fresh lab and write results/<scenario>-<time>.json",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := o.runner()
+			if err != nil {
+				return err
+			}
+			for _, path := range args {
+				s, err := o.load(path)
+				if err != nil {
+					return err
+				}
+				if _, _, err := r.Run(cmd.Context(), s); err != nil {
+					return fmt.Errorf("scenario %s: %w", s.Name, err)
+				}
+			}
+			return nil
+		},
+	}
+	o.register(cmd)
+	return cmd
+}
+
+func reportCmd() *cobra.Command {
+	var resultsDir, outDir string
+	cmd := &cobra.Command{
+		Use:   "report",
+		Short: "Render the newest result of each scenario into Markdown and plots",
+		RunE: func(*cobra.Command, []string) error {
+			return renderReports(resultsDir, outDir)
+		},
+	}
+	cmd.Flags().StringVar(&resultsDir, "results", "results", "directory of result JSON files")
+	cmd.Flags().StringVar(&outDir, "out", "reports", "output directory")
+	return cmd
+}
+
+// renderReports renders the newest result per scenario and copies it beside its report, so every
+// committed figure can be traced to the data it came from.
+func renderReports(resultsDir, outDir string) error {
+	files, _ := filepath.Glob(filepath.Join(resultsDir, "*.json"))
+	newest := map[string]*bench.Result{}
+	for _, f := range files {
+		r, err := bench.Read(f)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "skip %v\n", err)
+			continue
+		}
+		if old, ok := newest[r.Scenario.Name]; !ok || r.StartedAt.After(old.StartedAt) {
+			newest[r.Scenario.Name] = r
+		}
+	}
+	if len(newest) == 0 {
+		return fmt.Errorf("no results in %s: run `onehop run scenarios/<name>.yaml` first", resultsDir)
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+	var names []string
+	var all []*bench.Result
+	for n := range newest {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		r := newest[n]
+		written, err := report.Render(r, outDir)
+		if err != nil {
+			return fmt.Errorf("render %s: %w", n, err)
+		}
+		if err := r.Write(filepath.Join(outDir, n+".result.json")); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "report %s: %v\n", n, written)
+		all = append(all, r)
+	}
+	return report.Index(all, outDir)
+}
+
+func benchAllCmd() *cobra.Command {
+	var o overrides
+	var dir, outDir string
+	cmd := &cobra.Command{
+		Use:   "bench-all",
+		Short: "Run every scenario in scenarios/ and render reports/",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			files, err := scenarios.Files(dir)
+			if err != nil || len(files) == 0 {
+				return fmt.Errorf("no scenario files in %s", dir)
+			}
+			// Parse all first: a bad file fails before any lab is built.
+			var all []*scenarios.Scenario
+			for _, f := range files {
+				s, err := o.load(f)
+				if err != nil {
+					return err
+				}
+				all = append(all, s)
+			}
+			r, err := o.runner()
+			if err != nil {
+				return err
+			}
+			start := time.Now()
+			for i, s := range all {
+				fmt.Fprintf(os.Stderr, "== [%d/%d] %s (elapsed %s)\n", i+1, len(all), s.Name, time.Since(start).Round(time.Second))
+				if _, _, err := r.Run(cmd.Context(), s); err != nil {
+					return fmt.Errorf("scenario %s: %w", s.Name, err)
+				}
+			}
+			if err := renderReports(o.resultsDir, outDir); err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "bench-all done in %s\n", time.Since(start).Round(time.Second))
+			return nil
+		},
+	}
+	o.register(cmd)
+	cmd.Flags().StringVar(&dir, "scenarios", "scenarios", "directory of scenario files")
+	cmd.Flags().StringVar(&outDir, "out", "reports", "report directory")
+	return cmd
+}

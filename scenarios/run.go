@@ -1,0 +1,233 @@
+package scenarios
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/onehop-mesh/onehop/bench"
+	"github.com/onehop-mesh/onehop/bench/cpu"
+	"github.com/onehop-mesh/onehop/bench/loadgen"
+	"github.com/onehop-mesh/onehop/bench/sysinfo"
+	"github.com/onehop-mesh/onehop/clusters"
+	"github.com/onehop-mesh/onehop/scenarios/variants"
+)
+
+// Runner runs scenarios on a fresh lab cluster.
+type Runner struct {
+	Provider   clusters.Provider
+	Binary     string // onehop executable for pod workloads
+	ResultsDir string
+	Lab        string    // lab name (default "bench")
+	Progress   io.Writer // progress lines; nil is silent
+	// KeepCluster leaves the lab up after the run (for inspection with `onehop cluster status`).
+	KeepCluster bool
+}
+
+const (
+	benchNamespace = "bench"
+	clientPod      = "fortio-client"
+	serverPort     = 8080
+)
+
+// Spec returns the lab a scenario runs on: a client pod on the first node and, per placement, a
+// service whose server pods sit on the client's node (same-node) or on the second (cross-node).
+func (s *Scenario) Spec(lab string) clusters.Spec {
+	spec := clusters.Spec{Name: lab, Nodes: s.Cluster.Nodes, IPFamilies: s.Cluster.IPFamilies,
+		Namespaces: []clusters.Namespace{{Name: benchNamespace}}}
+	spec.Pods = append(spec.Pods, clusters.PodSpec{Name: clientPod, Namespace: benchNamespace, Node: "n1",
+		Labels: map[string]string{"app": "fortio-client"}, Component: "client"})
+	for _, pl := range s.Placements {
+		node := "n1"
+		if pl == CrossNode {
+			node = "n2"
+		}
+		for i := 0; i < s.Servers; i++ {
+			spec.Pods = append(spec.Pods, clusters.PodSpec{
+				Name: fmt.Sprintf("server-%s-%d", pl, i), Namespace: benchNamespace, Node: node,
+				Labels: map[string]string{"app": "server-" + pl}, Component: "server",
+				Workload: &clusters.Workload{Kind: "fortio-server", Port: serverPort},
+			})
+		}
+		spec.Services = append(spec.Services, clusters.ServiceDef{Name: "fortio-" + pl, Namespace: benchNamespace,
+			Selector: map[string]string{"app": "server-" + pl},
+			Ports:    []clusters.ServicePort{{Name: "http", Port: serverPort, TargetPort: serverPort}}})
+	}
+	spec.SetDefaults()
+	return spec
+}
+
+// plannedRun is one entry of the run plan.
+type plannedRun struct {
+	variant, placement string
+	connections        int
+	keepAlive          bool
+	rep                int
+}
+
+// plan orders runs so that variants alternate innermost: every variant is measured within
+// seconds of the others at the same settings, which keeps drift on a shared machine out of the
+// comparison.
+func (s *Scenario) plan() []plannedRun {
+	var out []plannedRun
+	for rep := 1; rep <= s.Load.Repetitions; rep++ {
+		for _, ka := range s.Load.KeepAlive {
+			for _, c := range s.Load.Connections {
+				for _, pl := range s.Placements {
+					for _, v := range s.Variants {
+						out = append(out, plannedRun{v, pl, c, ka, rep})
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+func (r *Runner) say(format string, a ...any) {
+	if r.Progress != nil {
+		fmt.Fprintf(r.Progress, format+"\n", a...)
+	}
+}
+
+// Run executes a scenario and writes its result JSON, returning the result and its path.
+func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, error) {
+	lab := r.Lab
+	if lab == "" {
+		lab = "bench"
+	}
+	res := &bench.Result{SchemaVersion: bench.SchemaVersion, StartedAt: time.Now().UTC()}
+	settings, _ := json.Marshal(s)
+	res.Scenario = bench.ScenarioInfo{Name: s.Name, File: s.File, Description: s.Description, Settings: settings}
+	res.Environment = sysinfo.Collect(ctx, sysinfo.DefaultTools)
+
+	r.say("== scenario %s: %d runs, lab %q", s.Name, len(s.plan()), lab)
+	// Start from nothing: a lab left by a killed run must not leak into these numbers.
+	if err := r.Provider.Down(ctx, lab); err != nil {
+		return nil, "", fmt.Errorf("remove leftover lab %q: %w", lab, err)
+	}
+	spec := s.Spec(lab)
+	t0 := time.Now()
+	c, err := r.Provider.Up(ctx, spec)
+	if err != nil {
+		return nil, "", err
+	}
+	r.say("   cluster up in %.1fs", time.Since(t0).Seconds())
+	defer func() {
+		c.Close()
+		if !r.KeepCluster {
+			// The run's context may be cancelled; teardown must still happen.
+			if err := r.Provider.Down(context.Background(), lab); err != nil {
+				r.say("   warning: cluster down: %v", err)
+			}
+		}
+	}()
+	res.Cluster = bench.ClusterInfo{Provider: c.Provider(), Name: lab, Nodes: spec.Nodes, IPFamilies: spec.IPFamilies}
+
+	for _, name := range s.Variants {
+		v, _ := variants.Get(name)
+		if err := v.Install(ctx, c); err != nil {
+			return nil, "", fmt.Errorf("install variant %s: %w", name, err)
+		}
+		defer v.Uninstall(context.Background(), c)
+	}
+	driver := &loadgen.Driver{Cluster: c, ClientPod: clientPod, Binary: r.Binary}
+	targets := c.CPUTargets()
+	plan := s.plan()
+	start := time.Now()
+	for i, p := range plan {
+		if err := ctx.Err(); err != nil {
+			return nil, "", err
+		}
+		elapsed := time.Since(start)
+		eta := "?"
+		if i > 0 {
+			eta = (elapsed / time.Duration(i) * time.Duration(len(plan)-i)).Round(time.Second).String()
+		}
+		r.say("[%d/%d] %s %s c=%d keepalive=%v rep %d/%d — elapsed %s, ETA %s", i+1, len(plan), p.variant, p.placement,
+			p.connections, p.keepAlive, p.rep, s.Load.Repetitions, elapsed.Round(time.Second), eta)
+		run, err := r.measure(ctx, c, driver, targets, s, p)
+		if err != nil {
+			return nil, "", err
+		}
+		if !run.Valid {
+			r.say("        flagged invalid: %v", run.Invalid)
+		} else {
+			r.say("        p50 %.0fus p99 %.0fus, %.1f qps", run.Latency.Percentiles["p50"], run.Latency.Percentiles["p99"], run.Latency.ActualQPS)
+		}
+		res.Runs = append(res.Runs, run)
+	}
+	res.EndedAt = time.Now().UTC()
+	if err := os.MkdirAll(r.ResultsDir, 0o755); err != nil {
+		return nil, "", err
+	}
+	path := filepath.Join(r.ResultsDir, fmt.Sprintf("%s-%s.json", s.Name, res.StartedAt.Format("20060102T150405Z")))
+	if err := res.Write(path); err != nil {
+		return nil, "", err
+	}
+	r.say("   wrote %s (%s)", path, time.Since(res.StartedAt).Round(time.Second))
+	return res, path, nil
+}
+
+// cpuWindow samples CPU between the load's measure-start and measure-end markers.
+type cpuWindow struct {
+	s     *cpu.Sampler
+	usage cpu.Usage
+}
+
+func (w *cpuWindow) Start() error { return w.s.Start() }
+func (w *cpuWindow) Stop() (err error) {
+	w.usage, err = w.s.Stop()
+	return err
+}
+
+func (r *Runner) measure(ctx context.Context, c clusters.Cluster, d *loadgen.Driver, targets []cpu.Target, s *Scenario, p plannedRun) (bench.Run, error) {
+	snap := c.Services().Snapshot()
+	svc, ok := snap.Service(benchNamespace, "fortio-"+p.placement)
+	if !ok || len(svc.ClusterIPs) == 0 {
+		return bench.Run{}, fmt.Errorf("service fortio-%s has no cluster IP", p.placement)
+	}
+	url := "http://" + net.JoinHostPort(svc.ClusterIPs[0].String(), strconv.Itoa(serverPort)) + "/echo"
+	o := loadgen.Options{URL: url, QPS: s.Load.QPS, Connections: p.connections, Duration: s.Load.Duration.D(),
+		Warmup: s.Load.Warmup.D(), KeepAlive: p.keepAlive, PayloadBytes: s.Load.PayloadBytes,
+		Resolution: s.Load.Resolution.D(), CatchUp: *s.Load.CatchUp, Uniform: true, Timeout: s.Load.Timeout.D()}
+	run := bench.Run{
+		ID:      fmt.Sprintf("%s/%s/c%d/%s/r%d", p.variant, p.placement, p.connections, map[bool]string{true: "keepalive", false: "newconn"}[p.keepAlive], p.rep),
+		Variant: p.variant, Placement: p.placement, Connections: p.connections, KeepAlive: p.keepAlive,
+		Mode: s.Load.Mode, RequestedQPS: s.Load.QPS, Duration: s.Load.Duration.D(), PayloadBytes: s.Load.PayloadBytes,
+		Repetition: p.rep, Target: url, StartedAt: time.Now().UTC(),
+	}
+	w := &cpuWindow{s: cpu.NewSampler(targets)}
+	fortio, err := d.Run(ctx, o, w)
+	run.EndedAt = time.Now().UTC()
+	if err != nil {
+		if ctx.Err() != nil {
+			return run, ctx.Err()
+		}
+		// A failed load is a result, not a crash of the whole scenario.
+		run.Invalid, run.Fortio = []string{err.Error()}, json.RawMessage("null")
+		return run, nil
+	}
+	run.Fortio = fortio
+	if run.Latency, err = bench.Summarize(fortio); err != nil {
+		return run, err
+	}
+	run.CPU = w.usage
+	ok200 := run.Latency.Requests - run.Latency.Errors
+	run.CPUPer1k = bench.CPUPer1k{
+		HostBusyMS:    cpu.PerThousand(w.usage.Host.BusyMS, ok200),
+		HostSoftirqMS: cpu.PerThousand(w.usage.Host.SoftirqMS, ok200),
+		Components:    map[string]float64{},
+	}
+	for comp, ms := range w.usage.ByComponent() {
+		run.CPUPer1k.Components[comp] = cpu.PerThousand(ms, ok200)
+	}
+	run.Check(s.Load.Limits)
+	return run, nil
+}

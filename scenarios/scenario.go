@@ -1,0 +1,241 @@
+// Package scenarios defines scenario files (which variants, placements and load to measure) and
+// runs them: cluster up, variants installed, fortio load driven through service VIPs, CPU
+// sampled, results written. Scenario files live beside this package as *.yaml.
+package scenarios
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/onehop-mesh/onehop/bench"
+	"github.com/onehop-mesh/onehop/scenarios/variants"
+)
+
+// Placements of server pods relative to the client pod.
+const (
+	SameNode  = "same-node"
+	CrossNode = "cross-node"
+)
+
+// Scenario is one scenario file.
+type Scenario struct {
+	Name        string   `yaml:"name" json:"name"`
+	Description string   `yaml:"description" json:"description"`
+	Cluster     Cluster  `yaml:"cluster" json:"cluster"`
+	Variants    []string `yaml:"variants" json:"variants"`
+	Placements  []string `yaml:"placements" json:"placements"`
+	// Servers is the number of endpoints behind each service.
+	Servers int  `yaml:"servers" json:"servers"`
+	Load    Load `yaml:"load" json:"load"`
+
+	File string `yaml:"-" json:"-"`
+}
+
+// Cluster is the part of the cluster spec a scenario may set.
+type Cluster struct {
+	Nodes      int      `yaml:"nodes" json:"nodes"`
+	IPFamilies []string `yaml:"ipFamilies" json:"ipFamilies"`
+}
+
+// Load is the fortio load of every run.
+type Load struct {
+	Mode         string       `yaml:"mode" json:"mode"` // fixed-qps or max-qps
+	QPS          float64      `yaml:"qps" json:"qps"`
+	Connections  []int        `yaml:"connections" json:"connections"`
+	KeepAlive    []bool       `yaml:"keepalive" json:"keepalive"`
+	Duration     Duration     `yaml:"duration" json:"duration"`
+	Warmup       Duration     `yaml:"warmup" json:"warmup"`
+	Repetitions  int          `yaml:"repetitions" json:"repetitions"`
+	PayloadBytes int          `yaml:"payloadBytes" json:"payloadBytes"`
+	Resolution   Duration     `yaml:"resolution" json:"resolution"`
+	CatchUp      *bool        `yaml:"catchup" json:"catchup"`
+	Limits       bench.Limits `yaml:"validity" json:"validity"`
+	Timeout      Duration     `yaml:"timeout" json:"timeout"`
+}
+
+// Duration reads "10s"-style strings.
+type Duration time.Duration
+
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (like 10s or 500ms)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return []byte(`"` + time.Duration(d).String() + `"`), nil
+}
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// SetDefaults fills what the file leaves out; the defaults follow Istio's own benchmark
+// (fortio at 1000 QPS over 1..64 connections, 1 KB payload).
+func (s *Scenario) SetDefaults() {
+	if s.Cluster.Nodes == 0 {
+		s.Cluster.Nodes = 2
+	}
+	if len(s.Cluster.IPFamilies) == 0 {
+		s.Cluster.IPFamilies = []string{"ipv4"}
+	}
+	if len(s.Variants) == 0 {
+		s.Variants = []string{"baseline"}
+	}
+	if len(s.Placements) == 0 {
+		s.Placements = []string{SameNode, CrossNode}
+	}
+	if s.Servers == 0 {
+		s.Servers = 1
+	}
+	l := &s.Load
+	if l.Mode == "" {
+		l.Mode = "fixed-qps"
+	}
+	if l.QPS == 0 && l.Mode == "fixed-qps" {
+		l.QPS = 1000
+	}
+	if len(l.Connections) == 0 {
+		l.Connections = []int{1, 2, 4, 8, 16, 32, 64}
+	}
+	if len(l.KeepAlive) == 0 {
+		l.KeepAlive = []bool{true}
+	}
+	if l.Duration == 0 {
+		l.Duration = Duration(10 * time.Second)
+	}
+	if l.Warmup == 0 {
+		l.Warmup = Duration(2 * time.Second)
+	}
+	if l.Repetitions == 0 {
+		l.Repetitions = 1
+	}
+	if l.PayloadBytes == 0 {
+		l.PayloadBytes = 1024
+	}
+	if l.Resolution == 0 {
+		l.Resolution = Duration(10 * time.Microsecond)
+	}
+	if l.CatchUp == nil {
+		t := true
+		l.CatchUp = &t
+	}
+	if l.Limits.MinQPSRatio == 0 {
+		l.Limits.MinQPSRatio = 0.95
+	}
+	if l.Timeout == 0 {
+		l.Timeout = Duration(5 * time.Second)
+	}
+}
+
+// Validate returns every problem of a defaulted scenario, each naming its field.
+func (s *Scenario) Validate() error {
+	var errs []error
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, a...)))
+	}
+	if s.Name == "" || strings.ContainsAny(s.Name, "/ \t") {
+		bad("name", "%q must be a non-empty name without spaces or slashes", s.Name)
+	}
+	if s.Cluster.Nodes < 1 || s.Cluster.Nodes > 32 {
+		bad("cluster.nodes", "%d must be between 1 and 32", s.Cluster.Nodes)
+	}
+	for i, f := range s.Cluster.IPFamilies {
+		if f != "ipv4" && f != "ipv6" {
+			bad(fmt.Sprintf("cluster.ipFamilies[%d]", i), "%q must be ipv4 or ipv6", f)
+		}
+	}
+	for i, v := range s.Variants {
+		if _, err := variants.Get(v); err != nil {
+			bad(fmt.Sprintf("variants[%d]", i), "%v", err)
+		}
+	}
+	for i, p := range s.Placements {
+		switch {
+		case p != SameNode && p != CrossNode:
+			bad(fmt.Sprintf("placements[%d]", i), "%q must be %s or %s", p, SameNode, CrossNode)
+		case p == CrossNode && s.Cluster.Nodes < 2:
+			bad(fmt.Sprintf("placements[%d]", i), "cross-node needs cluster.nodes >= 2")
+		}
+	}
+	if s.Servers < 1 || s.Servers > 50 {
+		bad("servers", "%d must be between 1 and 50", s.Servers)
+	}
+	l := s.Load
+	switch l.Mode {
+	case "fixed-qps":
+		if l.QPS <= 0 || l.QPS > 1e6 {
+			bad("load.qps", "%g must be above 0 and at most 1000000 in fixed-qps mode", l.QPS)
+		}
+	case "max-qps":
+		if l.QPS != 0 {
+			bad("load.qps", "must be left out in max-qps mode (fortio sends as fast as each connection allows)")
+		}
+	default:
+		bad("load.mode", "%q must be fixed-qps or max-qps", l.Mode)
+	}
+	for i, c := range l.Connections {
+		if c < 1 || c > 1024 {
+			bad(fmt.Sprintf("load.connections[%d]", i), "%d must be between 1 and 1024", c)
+		}
+	}
+	if d := l.Duration.D(); d < 100*time.Millisecond || d > time.Hour {
+		bad("load.duration", "%v must be between 100ms and 1h", d)
+	}
+	if d := l.Warmup.D(); d < 0 || d > 10*time.Minute {
+		bad("load.warmup", "%v must be between 0 and 10m", d)
+	}
+	if l.Repetitions < 1 || l.Repetitions > 100 {
+		bad("load.repetitions", "%d must be between 1 and 100", l.Repetitions)
+	}
+	if l.PayloadBytes < 0 || l.PayloadBytes > 1<<20 {
+		bad("load.payloadBytes", "%d must be between 0 and 1048576", l.PayloadBytes)
+	}
+	if r := l.Resolution.D(); r < time.Microsecond || r > 10*time.Millisecond {
+		bad("load.resolution", "%v must be between 1us and 10ms", r)
+	}
+	if r := l.Limits.MinQPSRatio; r <= 0 || r > 1 {
+		bad("load.validity.minQPSRatio", "%g must be in (0, 1]", r)
+	}
+	return errors.Join(errs...)
+}
+
+// Parse decodes a scenario strictly (unknown fields are errors), applies defaults and validates.
+func Parse(name string, b []byte) (*Scenario, error) {
+	var s Scenario
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&s); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	s.File = name
+	s.SetDefaults()
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: invalid scenario:\n%w", name, err)
+	}
+	return &s, nil
+}
+
+// Load reads a scenario file.
+func LoadFile(path string) (*Scenario, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, b)
+}
+
+// Files lists the scenario files in dir.
+func Files(dir string) ([]string, error) {
+	return filepath.Glob(filepath.Join(dir, "*.yaml"))
+}

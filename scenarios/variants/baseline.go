@@ -1,0 +1,41 @@
+package variants
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/onehop-mesh/onehop/clusters"
+)
+
+// Baseline is the cluster without a mesh: services are implemented by kube-proxy-style iptables
+// rules in each node, which the cluster itself programs from its service store.
+type Baseline struct{}
+
+func init() { Register(Baseline{}) }
+
+func (Baseline) Name() string { return "baseline" }
+func (Baseline) Describe() string {
+	return "no mesh: ClusterIP services through kube-proxy-style iptables DNAT in each node (plaintext)"
+}
+
+// Install checks that every node has the service rules; there is nothing else to deploy.
+func (Baseline) Install(ctx context.Context, c clusters.Cluster) error {
+	nr, ok := c.(clusters.NodeRunner)
+	if !ok {
+		return nil // a real Kubernetes cluster brings its own kube-proxy
+	}
+	for _, node := range c.Spec().NodeNames() {
+		out, err := nr.RunOnNode(ctx, node, nil, "iptables-save", "-t", "nat")
+		if err != nil {
+			return fmt.Errorf("baseline on node %s: %w", node, err)
+		}
+		if !strings.Contains(string(out), "-j ONEHOP-SERVICES") {
+			return fmt.Errorf("baseline on node %s: service rules are not programmed (no jump to ONEHOP-SERVICES in the nat table)", node)
+		}
+	}
+	return nil
+}
+
+// Uninstall leaves the rules: they are the cluster's, not the variant's.
+func (Baseline) Uninstall(context.Context, clusters.Cluster) error { return nil }
