@@ -43,8 +43,8 @@ type Options struct {
 	// Resolution is the histogram bucket width; fortio's default of 1 ms hides sub-ms latency.
 	Resolution time.Duration `json:"resolution"`
 	// CatchUp lets fortio send late requests sooner to hold the requested QPS (its default).
-	CatchUp bool    `json:"catchup"`
-	Uniform bool    `json:"uniform"`
+	CatchUp bool          `json:"catchup"`
+	Uniform bool          `json:"uniform"`
 	Timeout time.Duration `json:"timeout"`
 }
 

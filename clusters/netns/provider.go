@@ -25,6 +25,9 @@ import (
 	"github.com/onehop-mesh/onehop/clusters/services"
 )
 
+// lockWait bounds how long a command waits for another one working on the same lab.
+const lockWait = 30 * time.Second
+
 // ProviderName is how results and reports name this provider.
 const ProviderName = "netns"
 
@@ -80,6 +83,9 @@ func Preflight(spec clusters.Spec) error {
 	}
 	if _, err := os.Stat("/proc/self/ns/net"); err != nil {
 		errs = append(errs, errors.New("the kernel has no network namespaces (CONFIG_NET_NS)"))
+	}
+	if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err != nil {
+		errs = append(errs, errors.New("bridged traffic cannot pass iptables (no /proc/sys/net/bridge): the kernel needs CONFIG_BRIDGE and CONFIG_BRIDGE_NETFILTER, as kube-proxy does"))
 	}
 	if _, err := cpu.CgroupRoot(); err != nil {
 		errs = append(errs, err)
@@ -332,12 +338,21 @@ func (p *Provider) lockFile(name string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		p.progress("waiting for another onehop command on lab %q", name)
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("lock lab %q: %w", name, err)
+	// Bounded wait: a lab held open by a long run should produce an answer, not a hang.
+	for deadline, said := time.Now().Add(lockWait), false; ; {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
 		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("lab %q is in use by another onehop command (lock %s held for over %v): %w", name, f.Name(), lockWait, err)
+		}
+		if !said {
+			p.progress("waiting for another onehop command on lab %q", name)
+			said = true
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	return f, nil
 }

@@ -1,0 +1,47 @@
+# onehop: lab and agent. `make bench-all` regenerates reports/; `make test` runs every test.
+# Both install what they need from Debian packages first (make deps) and check root, kernel
+# features and the cgroup v2 mount (onehop doctor) before touching anything.
+SHELL := /bin/bash
+GO    ?= go
+BIN   := bin/onehop
+# command:package pairs; a package is installed when its command is missing.
+DEPS  := ip:iproute2 iptables-restore:iptables ip6tables-restore:iptables sysctl:procps ps:procps
+
+.PHONY: all deps build doctor test lint bench-all bench-latency report down-all
+
+all: build
+
+deps:
+	@missing=""; for pair in $(DEPS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  pkgs=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$pkgs- run make as root to install them" >&2; exit 1; fi; \
+	  echo "installing Debian packages: $$pkgs"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; \
+	fi
+
+build:
+	$(GO) build -o $(BIN) ./cmd/onehop
+
+doctor: deps build
+	@$(BIN) doctor
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out" >&2; exit 1; fi
+	$(GO) vet ./...
+
+# Tests use real namespaces, sockets, processes and BPF: root is required (CI is root).
+test: doctor lint
+	ONEHOP_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 20m ./...
+
+bench-all: doctor
+	$(BIN) bench-all
+
+bench-latency: doctor
+	$(BIN) run scenarios/latency-vs-connections.yaml
+	$(BIN) report
+
+report: build
+	$(BIN) report

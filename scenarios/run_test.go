@@ -1,0 +1,77 @@
+package scenarios
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/onehop-mesh/onehop/bench"
+	"github.com/onehop-mesh/onehop/bench/report"
+	"github.com/onehop-mesh/onehop/clusters/netns"
+	"github.com/onehop-mesh/onehop/internal/testbin"
+)
+
+// A short real run: lab up, baseline, fortio through the VIP on both placements, CPU sampled,
+// result written, report rendered, lab gone.
+func TestRunScenarioEndToEnd(t *testing.T) {
+	testbin.RequireRoot(t)
+	p, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Binary = testbin.Onehop(t)
+	lab := "tr" + strings.ToLower(strings.ReplaceAll(t.Name(), "Test", ""))[:6]
+	t.Cleanup(func() { p.Down(context.Background(), lab) })
+	s, err := Parse("test.yaml", []byte(`
+name: e2e
+variants: [baseline]
+load:
+  qps: 200
+  connections: [1, 4]
+  duration: 1s
+  warmup: 200ms
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	r := &Runner{Provider: p, Binary: p.Binary, ResultsDir: dir, Lab: lab}
+	res, path, err := r.Run(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat("/run/netns/onehop-" + lab + "-n1"); err == nil {
+		t.Error("lab still up after the run")
+	}
+	if len(res.Runs) != 4 {
+		t.Fatalf("%d runs, want 4 (2 placements x 2 connection counts)", len(res.Runs))
+	}
+	for _, run := range res.Runs {
+		if !run.Valid {
+			t.Errorf("run %s invalid: %v", run.ID, run.Invalid)
+		}
+		if run.Latency.Percentiles["p99"] <= 0 || len(run.Fortio) < 500 {
+			t.Errorf("run %s: no latency data (p99 %v, fortio %d bytes)", run.ID, run.Latency.Percentiles["p99"], len(run.Fortio))
+		}
+		if run.CPU.Host.BusyMS <= 0 || run.CPUPer1k.Components["client"] <= 0 || run.CPUPer1k.Components["server"] <= 0 {
+			t.Errorf("run %s: CPU not sampled: host %v, per 1k %v", run.ID, run.CPU.Host, run.CPUPer1k)
+		}
+		if run.CPU.WindowSeconds < 0.9 || run.CPU.WindowSeconds > 2 {
+			t.Errorf("run %s: CPU window %.2fs does not match the 1s measured run (warm-up excluded)", run.ID, run.CPU.WindowSeconds)
+		}
+	}
+	if res.Environment.Kernel == "" || !strings.HasPrefix(res.Environment.Tools["iptables"], "iptables v") || res.EndedAt.Before(res.StartedAt) {
+		t.Errorf("environment metadata incomplete: %+v", res.Environment)
+	}
+	back, err := bench.Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "report")
+	files, err := report.Render(back, out)
+	if err != nil || len(files) < 3 {
+		t.Fatalf("render: %v %v", files, err)
+	}
+}
