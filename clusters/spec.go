@@ -139,7 +139,7 @@ func (s *Spec) SetDefaults() {
 
 // NodeNames returns the node names n1..nN.
 func (s Spec) NodeNames() []string {
-	out := make([]string, s.Nodes)
+	out := make([]string, max(s.Nodes, 0))
 	for i := range out {
 		out[i] = fmt.Sprintf("n%d", i+1)
 	}
@@ -246,6 +246,7 @@ func (s Spec) Validate() error {
 		if len(sv.Ports) == 0 {
 			bad(f+".ports", "is empty")
 		}
+		portNames := map[string]bool{}
 		for j, p := range sv.Ports {
 			pf := fmt.Sprintf("%s.ports[%d]", f, j)
 			if p.Port < 1 || p.Port > 65535 {
@@ -257,6 +258,11 @@ func (s Spec) Validate() error {
 			if p.Protocol != "TCP" && p.Protocol != "UDP" {
 				bad(pf+".protocol", "%q must be TCP or UDP", p.Protocol)
 			}
+			// As in Kubernetes: ports of a multi-port service are told apart by name.
+			if len(sv.Ports) > 1 && (p.Name == "" || portNames[p.Name]) {
+				bad(pf+".name", "%q: every port of a multi-port service needs a distinct name", p.Name)
+			}
+			portNames[p.Name] = true
 		}
 	}
 	return errors.Join(errs...)

@@ -195,12 +195,12 @@ func (r *Runner) measure(ctx context.Context, c clusters.Cluster, d *loadgen.Dri
 	}
 	url := "http://" + net.JoinHostPort(svc.ClusterIPs[0].String(), strconv.Itoa(serverPort)) + "/echo"
 	o := loadgen.Options{URL: url, QPS: s.Load.QPS, Connections: p.connections, Duration: s.Load.Duration.D(),
-		Warmup: s.Load.Warmup.D(), KeepAlive: p.keepAlive, PayloadBytes: s.Load.PayloadBytes,
+		Warmup: s.Load.Warmup.D(), KeepAlive: p.keepAlive, PayloadBytes: *s.Load.PayloadBytes,
 		Resolution: s.Load.Resolution.D(), CatchUp: *s.Load.CatchUp, Uniform: true, Timeout: s.Load.Timeout.D()}
 	run := bench.Run{
 		ID:      fmt.Sprintf("%s/%s/c%d/%s/r%d", p.variant, p.placement, p.connections, map[bool]string{true: "keepalive", false: "newconn"}[p.keepAlive], p.rep),
 		Variant: p.variant, Placement: p.placement, Connections: p.connections, KeepAlive: p.keepAlive,
-		Mode: s.Load.Mode, RequestedQPS: s.Load.QPS, Duration: s.Load.Duration.D(), PayloadBytes: s.Load.PayloadBytes,
+		Mode: s.Load.Mode, RequestedQPS: s.Load.QPS, Duration: s.Load.Duration.D(), PayloadBytes: *s.Load.PayloadBytes,
 		Repetition: p.rep, Target: url, StartedAt: time.Now().UTC(),
 	}
 	w := &cpuWindow{s: cpu.NewSampler(targets)}

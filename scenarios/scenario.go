@@ -52,9 +52,9 @@ type Load struct {
 	Connections  []int        `yaml:"connections" json:"connections"`
 	KeepAlive    []bool       `yaml:"keepalive" json:"keepalive"`
 	Duration     Duration     `yaml:"duration" json:"duration"`
-	Warmup       Duration     `yaml:"warmup" json:"warmup"`
+	Warmup       *Duration    `yaml:"warmup" json:"warmup"` // nil: default; 0s: none
 	Repetitions  int          `yaml:"repetitions" json:"repetitions"`
-	PayloadBytes int          `yaml:"payloadBytes" json:"payloadBytes"`
+	PayloadBytes *int         `yaml:"payloadBytes" json:"payloadBytes"` // nil: default; 0: GET
 	Resolution   Duration     `yaml:"resolution" json:"resolution"`
 	CatchUp      *bool        `yaml:"catchup" json:"catchup"`
 	Limits       bench.Limits `yaml:"validity" json:"validity"`
@@ -77,8 +77,13 @@ func (d Duration) MarshalJSON() ([]byte, error) {
 	return []byte(`"` + time.Duration(d).String() + `"`), nil
 }
 
-// D returns the time.Duration.
-func (d Duration) D() time.Duration { return time.Duration(d) }
+// D returns the time.Duration (0 for nil).
+func (d *Duration) D() time.Duration {
+	if d == nil {
+		return 0
+	}
+	return time.Duration(*d)
+}
 
 // SetDefaults fills what the file leaves out; the defaults follow Istio's own benchmark
 // (fortio at 1000 QPS over 1..64 connections, 1 KB payload).
@@ -114,14 +119,16 @@ func (s *Scenario) SetDefaults() {
 	if l.Duration == 0 {
 		l.Duration = Duration(10 * time.Second)
 	}
-	if l.Warmup == 0 {
-		l.Warmup = Duration(2 * time.Second)
+	if l.Warmup == nil {
+		d := Duration(2 * time.Second)
+		l.Warmup = &d
 	}
 	if l.Repetitions == 0 {
 		l.Repetitions = 1
 	}
-	if l.PayloadBytes == 0 {
-		l.PayloadBytes = 1024
+	if l.PayloadBytes == nil {
+		n := 1024
+		l.PayloadBytes = &n
 	}
 	if l.Resolution == 0 {
 		l.Resolution = Duration(10 * time.Microsecond)
@@ -198,9 +205,23 @@ func (s *Scenario) Validate() error {
 	if l.Repetitions < 1 || l.Repetitions > 100 {
 		bad("load.repetitions", "%d must be between 1 and 100", l.Repetitions)
 	}
-	if l.PayloadBytes < 0 || l.PayloadBytes > 1<<20 {
-		bad("load.payloadBytes", "%d must be between 0 and 1048576", l.PayloadBytes)
+	if *l.PayloadBytes < 0 || *l.PayloadBytes > 1<<20 {
+		bad("load.payloadBytes", "%d must be between 0 and 1048576", *l.PayloadBytes)
 	}
+	if d := l.Timeout.D(); d < time.Millisecond || d > time.Minute {
+		bad("load.timeout", "%v must be between 1ms and 1m", d)
+	}
+	dupes := func(field string, list []string) {
+		seen := map[string]bool{}
+		for i, x := range list {
+			if seen[x] {
+				bad(fmt.Sprintf("%s[%d]", field, i), "%q is listed twice", x)
+			}
+			seen[x] = true
+		}
+	}
+	dupes("variants", s.Variants)
+	dupes("placements", s.Placements)
 	if r := l.Resolution.D(); r < time.Microsecond || r > 10*time.Millisecond {
 		bad("load.resolution", "%v must be between 1us and 10ms", r)
 	}

@@ -110,11 +110,11 @@ func Render(f Family, snap services.Snapshot, stale []string) []byte {
 					fmt.Fprintf(&filter, "-A %s %s -m comment --comment %q -j REJECT\n", chainServices, match, name+" has no endpoints")
 					continue
 				}
-				svcChain := svcPrefix + hash(name+proto)
+				svcChain := svcPrefix + hash(fmt.Sprintf("%s/%s/%d", name, proto, port.Port))
 				declare(svcChain)
 				fmt.Fprintf(&nat, "-A %s %s -m comment --comment %q -j %s\n", chainServices, match, name+" cluster IP", svcChain)
 				for i, ep := range eps {
-					sep := sepPrefix + hash(name+proto+ep.String())
+					sep := sepPrefix + hash(fmt.Sprintf("%s/%s/%d/%s", name, proto, port.Port, ep))
 					declare(sep)
 					// Each rule takes 1/(remaining) of what reaches it: a uniform pick overall.
 					if n := len(eps) - i; n > 1 {

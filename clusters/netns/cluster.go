@@ -176,10 +176,8 @@ func (c *Cluster) createNode(ctx context.Context, n node) error {
 // CreatePod creates a pod (idempotent: an existing complete pod with the same spec is kept) and
 // starts its workload.
 func (c *Cluster) CreatePod(ctx context.Context, ps clusters.PodSpec) (clusters.Pod, error) {
-	spec := clusters.Spec{Name: c.name, Nodes: c.st.Spec.Nodes, IPFamilies: c.st.Spec.IPFamilies, Network: c.st.Spec.Network,
-		Namespaces: c.st.Spec.Namespaces, Pods: []clusters.PodSpec{ps}}
-	spec.SetDefaults()
-	if err := spec.Validate(); err != nil {
+	spec, err := c.checked(clusters.Spec{Pods: []clusters.PodSpec{ps}})
+	if err != nil {
 		return clusters.Pod{}, fmt.Errorf("pod %s: %w", ps.Name, err)
 	}
 	ps = spec.Pods[0]
@@ -220,6 +218,15 @@ func (c *Cluster) CreatePod(ctx context.Context, ps clusters.PodSpec) (clusters.
 		return pod, err
 	}
 	return pod, c.save()
+}
+
+// checked defaults and validates pods or services added to the running lab, against its nodes,
+// families and namespaces, with the same rules as a spec file.
+func (c *Cluster) checked(add clusters.Spec) (clusters.Spec, error) {
+	add.Name, add.Nodes, add.IPFamilies = c.name, c.st.Spec.Nodes, c.st.Spec.IPFamilies
+	add.Network, add.Namespaces = c.st.Spec.Network, c.st.Spec.Namespaces
+	add.SetDefaults()
+	return add, add.Validate()
 }
 
 func equalPodSpec(a, b clusters.PodSpec) bool { return reflect.DeepEqual(a, b) }
@@ -301,10 +308,8 @@ func (c *Cluster) DeletePod(ctx context.Context, name string) error {
 
 // UpsertService adds or updates a ClusterIP service and programs it on every node.
 func (c *Cluster) UpsertService(ctx context.Context, sd clusters.ServiceDef) (services.Service, error) {
-	spec := clusters.Spec{Name: c.name, Nodes: c.st.Spec.Nodes, IPFamilies: c.st.Spec.IPFamilies, Network: c.st.Spec.Network,
-		Namespaces: c.st.Spec.Namespaces, Services: []clusters.ServiceDef{sd}}
-	spec.SetDefaults()
-	if err := spec.Validate(); err != nil {
+	spec, err := c.checked(clusters.Spec{Services: []clusters.ServiceDef{sd}})
+	if err != nil {
 		return services.Service{}, fmt.Errorf("service %s: %w", sd.Name, err)
 	}
 	sd = spec.Services[0]
@@ -312,7 +317,7 @@ func (c *Cluster) UpsertService(ctx context.Context, sd clusters.ServiceDef) (se
 	for _, p := range sd.Ports {
 		svc.Ports = append(svc.Ports, services.Port{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(p.TargetPort), Protocol: services.Protocol(p.Protocol)})
 	}
-	svc, err := c.st.Store.UpsertService(svc)
+	svc, err = c.st.Store.UpsertService(svc)
 	if err != nil {
 		return svc, err
 	}

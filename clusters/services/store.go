@@ -87,8 +87,17 @@ func New(serviceCIDRs ...netip.Prefix) *Store {
 func (s *Store) UpsertService(svc Service) (Service, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old, ok := s.services[svc.Key()]; ok && len(svc.ClusterIPs) == 0 {
+	if old, ok := s.services[svc.Key()]; ok {
+		// VIPs are immutable, as in Kubernetes: clients and programmed rules hold on to them.
+		if len(svc.ClusterIPs) > 0 && !slices.Equal(svc.ClusterIPs, old.ClusterIPs) {
+			return Service{}, fmt.Errorf("service %s: cluster IPs %v cannot change to %v; delete and re-create the service", svc.Key(), old.ClusterIPs, svc.ClusterIPs)
+		}
 		svc.ClusterIPs = old.ClusterIPs
+	}
+	for _, ip := range svc.ClusterIPs {
+		if !slices.ContainsFunc(s.cidrs, func(p netip.Prefix) bool { return p.Contains(ip) }) {
+			return Service{}, fmt.Errorf("service %s: cluster IP %s is outside the service CIDRs %v", svc.Key(), ip, s.cidrs)
+		}
 	}
 	if len(svc.ClusterIPs) == 0 {
 		for _, cidr := range s.cidrs {
@@ -227,9 +236,13 @@ func (s *Store) vipOwner(ip netip.Addr) string {
 	return ""
 }
 
-// allocate returns the lowest free address of cidr, skipping the network address.
+// allocate returns the lowest free address of cidr, skipping the network address and, in IPv4,
+// the broadcast address.
 func (s *Store) allocate(cidr netip.Prefix) (netip.Addr, error) {
 	for ip := cidr.Addr().Next(); cidr.Contains(ip); ip = ip.Next() {
+		if ip.Is4() && !cidr.Contains(ip.Next()) {
+			break
+		}
 		if s.vipOwner(ip) == "" {
 			return ip, nil
 		}

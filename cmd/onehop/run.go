@@ -44,7 +44,8 @@ func (o *overrides) load(path string) (*scenarios.Scenario, error) {
 		s.Load.Duration = scenarios.Duration(o.duration)
 	}
 	if o.warmup > 0 {
-		s.Load.Warmup = scenarios.Duration(o.warmup)
+		w := scenarios.Duration(o.warmup)
+		s.Load.Warmup = &w
 	}
 	if len(o.connections) > 0 {
 		s.Load.Connections = o.connections

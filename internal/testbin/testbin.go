@@ -2,6 +2,7 @@
 package testbin
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,15 +28,19 @@ func Onehop(t testing.TB) string {
 	once.Do(func() {
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
-		dir, err := os.MkdirTemp("", "onehop-testbin-")
-		if err != nil {
-			bErr = err
+		// One shared path, replaced atomically, so parallel test packages neither collide nor
+		// leave a copy each behind.
+		dir := filepath.Join(os.TempDir(), "onehop-testbin")
+		if bErr = os.MkdirAll(dir, 0o755); bErr != nil {
 			return
 		}
 		path = filepath.Join(dir, "onehop")
-		cmd := exec.Command("go", "build", "-o", path, "./cmd/onehop")
+		tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
+		cmd := exec.Command("go", "build", "-o", tmp, "./cmd/onehop")
 		cmd.Dir = root
-		bOut, bErr = cmd.CombinedOutput()
+		if bOut, bErr = cmd.CombinedOutput(); bErr == nil {
+			bErr = os.Rename(tmp, path)
+		}
 	})
 	if bErr != nil {
 		t.Fatalf("build onehop: %v\n%s", bErr, bOut)
