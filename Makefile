@@ -4,8 +4,9 @@
 SHELL := /bin/bash
 GO    ?= go
 BIN   := bin/onehop
-# command:package pairs; a package is installed when its command is missing.
-DEPS  := ip:iproute2 iptables-restore:iptables ip6tables-restore:iptables sysctl:procps ps:procps
+# file-or-command:package pairs; a package is installed when its command (or file) is missing.
+DEPS  := ip:iproute2 iptables-restore:iptables ip6tables-restore:iptables sysctl:procps ps:procps \
+         clang:clang llvm-strip:llvm bpftool:bpftool /usr/include/bpf/bpf_helpers.h:libbpf-dev
 
 .PHONY: all deps build doctor test lint bench-all bench-latency report down-all
 
@@ -13,7 +14,8 @@ all: build
 
 deps:
 	@missing=""; for pair in $(DEPS); do \
-	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	  what=$${pair%%:*}; \
+	  if [ "$${what:0:1}" = / ]; then [ -e "$$what" ]; else command -v $$what >/dev/null 2>&1; fi || missing="$$missing $${pair##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  pkgs=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \

@@ -238,7 +238,9 @@ func gitState(ctx context.Context, bi *debug.BuildInfo) (rev string, dirty bool)
 		rev = out
 	}
 	// Also asked when HEAD is unknown: a repository without commits is still dirty or not.
-	if out, err := gitOutput(ctx, "status", "--porcelain"); err == nil {
+	// Generated outputs (reports/, results/) are what a run rewrites; they do not make the
+	// source that produced the numbers any different.
+	if out, err := gitOutput(ctx, "status", "--porcelain", "--", ".", ":!reports", ":!results"); err == nil {
 		dirty = out != ""
 	}
 	return rev, dirty
