@@ -1,0 +1,352 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * onehop kernel datapath: service load balancing at connect() time for the network namespaces
+ * the agent enrolled, the VIP shown back by getpeername(), and a table of established
+ * connections. Map sizes here are defaults; the agent sets them before loading.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/socket.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "onehop.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Network namespace cookie -> 1 for the namespaces onehop balances. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} oh_enrolled SEC(".maps");
+
+/*
+ * oh_services and oh_slots are not preallocated: memory follows what is programmed, so the
+ * default sizes cost nothing until used. As in any hash map, an element the agent replaces may be
+ * reused at once, so programs copy a value right after looking it up.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct oh_svc_key);
+	__type(value, struct oh_svc);
+} oh_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct oh_slot_key);
+	__type(value, struct oh_endpoint);
+} oh_slots SEC(".maps");
+
+/* Round-robin position per service id; same size as oh_services. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} oh_rr SEC(".maps");
+
+/* Socket cookie -> the VIP it connected to, for getpeername. LRU: failed connects never close. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct oh_endpoint);
+} oh_origdst SEC(".maps");
+
+/* Socket cookie -> established connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct oh_conn);
+} oh_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, OH_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} oh_counters SEC(".maps");
+
+/* Keeps enum oh_counter and enum oh_policy in the object's BTF, where the agent reads them. */
+const volatile enum oh_counter oh_counter_btf __attribute__((unused));
+const volatile enum oh_policy oh_policy_btf __attribute__((unused));
+
+static __always_inline void count(enum oh_counter c)
+{
+	__u32 key = c;
+	__u64 *v = bpf_map_lookup_elem(&oh_counters, &key);
+
+	if (v)
+		*v += 1; /* per-CPU: no atomic needed */
+}
+
+static __always_inline int enrolled(void *ctx)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+
+	return bpf_map_lookup_elem(&oh_enrolled, &netns) != NULL;
+}
+
+static __always_inline void v4mapped(__u8 addr[16], __u32 ip4)
+{
+	__u32 *w = (__u32 *)addr;
+
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = bpf_htonl(0xffff);
+	w[3] = ip4;
+}
+
+static __always_inline int is_v4mapped(const __u8 addr[16])
+{
+	const __u32 *w = (const __u32 *)addr;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+/* Picks the slot index within priority level prio of svc, or returns -1 if that fails. */
+static __always_inline long pick(const struct oh_svc *svc, __u16 n)
+{
+	if (svc->policy == OH_POLICY_ROUND_ROBIN) {
+		__u32 id = svc->id;
+		__u64 *pos = bpf_map_lookup_elem(&oh_rr, &id);
+
+		if (!pos)
+			return -1;
+		return __sync_fetch_and_add(pos, 1) % n;
+	}
+	return bpf_get_prandom_u32() % n;
+}
+
+/*
+ * Chooses a backend for the service at key into *be. Returns 0 if it found one. The agent
+ * deletes a changed service's old slots right after switching it to the new generation, so a
+ * missing slot means the service value we read is stale: read it again (once is enough, the new
+ * slots were written before the switch).
+ */
+static __always_inline int balance(const struct oh_svc_key *key, struct oh_endpoint *be)
+{
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct oh_svc *sp = bpf_map_lookup_elem(&oh_services, key);
+		struct oh_slot_key sk = {};
+		struct oh_endpoint *slot;
+		struct oh_svc svc;
+		long s;
+		int prio = -1;
+
+		if (!sp) {
+			count(attempt == 0 ? OH_CNT_CONNECT_NO_SERVICE : OH_CNT_CONNECT_NO_BACKEND);
+			return -1;
+		}
+		svc = *sp;
+#pragma unroll
+		for (int p = OH_MAX_PRIO - 1; p >= 0; p--)
+			if (svc.count[p] > 0)
+				prio = p;
+		if (prio < 0)
+			break;
+		s = pick(&svc, svc.count[prio]);
+		if (s < 0)
+			break;
+		sk.id = svc.id;
+		sk.gen = svc.gen;
+		sk.prio = prio;
+		sk.slot = s;
+		slot = bpf_map_lookup_elem(&oh_slots, &sk);
+		if (slot) {
+			*be = *slot;
+			return 0;
+		}
+		count(OH_CNT_CONNECT_RETRIED);
+	}
+	count(OH_CNT_CONNECT_NO_BACKEND);
+	return -1;
+}
+
+/* Remembers the VIP a socket connected to; getpeername shows it instead of the backend. */
+static __always_inline void remember(void *ctx, const struct oh_svc_key *key)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct oh_endpoint orig = {};
+
+	__builtin_memcpy(orig.addr, key->addr, sizeof(orig.addr));
+	orig.port = key->port;
+	bpf_map_update_elem(&oh_origdst, &cookie, &orig, BPF_ANY);
+}
+
+/* Common start of connect4/6: returns 1 if ctx is a TCP connect from an enrolled netns. */
+static __always_inline int ours(struct bpf_sock_addr *ctx)
+{
+	count(OH_CNT_CONNECT_SEEN);
+	if (ctx->protocol != IPPROTO_TCP || !enrolled(ctx))
+		return 0;
+	count(OH_CNT_CONNECT_ENROLLED);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int oh_connect4(struct bpf_sock_addr *ctx)
+{
+	struct oh_svc_key key = {};
+	struct oh_endpoint be;
+
+	if (!ours(ctx))
+		return 1;
+	v4mapped(key.addr, ctx->user_ip4);
+	key.port = (__u16)ctx->user_port;
+	key.proto = IPPROTO_TCP;
+	if (balance(&key, &be))
+		return 1;
+	if (!is_v4mapped(be.addr)) { /* the agent never writes that; never connect to garbage */
+		count(OH_CNT_CONNECT_NO_BACKEND);
+		return 1;
+	}
+	remember(ctx, &key);
+	ctx->user_ip4 = ((__u32 *)be.addr)[3];
+	ctx->user_port = be.port;
+	count(OH_CNT_CONNECT_BALANCED);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int oh_connect6(struct bpf_sock_addr *ctx)
+{
+	struct oh_svc_key key = {};
+	struct oh_endpoint be;
+	__u32 *w = (__u32 *)key.addr;
+
+	if (!ours(ctx))
+		return 1;
+	w[0] = ctx->user_ip6[0];
+	w[1] = ctx->user_ip6[1];
+	w[2] = ctx->user_ip6[2];
+	w[3] = ctx->user_ip6[3];
+	key.port = (__u16)ctx->user_port;
+	key.proto = IPPROTO_TCP;
+	if (balance(&key, &be))
+		return 1;
+	/* A v4-mapped VIP is a v4 service, whose backends are v4: written v4-mapped, as needed. */
+	remember(ctx, &key);
+	w = (__u32 *)be.addr;
+	ctx->user_ip6[0] = w[0];
+	ctx->user_ip6[1] = w[1];
+	ctx->user_ip6[2] = w[2];
+	ctx->user_ip6[3] = w[3];
+	ctx->user_port = be.port;
+	count(OH_CNT_CONNECT_BALANCED);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int oh_getpeername4(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct oh_endpoint *orig = bpf_map_lookup_elem(&oh_origdst, &cookie);
+
+	if (orig) {
+		ctx->user_ip4 = ((__u32 *)orig->addr)[3];
+		ctx->user_port = orig->port;
+		count(OH_CNT_GETPEERNAME_REWRITTEN);
+	}
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int oh_getpeername6(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct oh_endpoint *orig = bpf_map_lookup_elem(&oh_origdst, &cookie);
+
+	if (orig) {
+		__u32 *w = (__u32 *)orig->addr;
+
+		ctx->user_ip6[0] = w[0];
+		ctx->user_ip6[1] = w[1];
+		ctx->user_ip6[2] = w[2];
+		ctx->user_ip6[3] = w[3];
+		ctx->user_port = orig->port;
+		count(OH_CNT_GETPEERNAME_REWRITTEN);
+	}
+	return 1;
+}
+
+static __always_inline void watch_state(struct bpf_sock_ops *skops)
+{
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void track(struct bpf_sock_ops *skops, __u64 netns)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct oh_conn c = {};
+
+	if (skops->family == AF_INET) {
+		v4mapped(c.src.addr, skops->local_ip4);
+		v4mapped(c.dst.addr, skops->remote_ip4);
+	} else {
+		__u32 *s = (__u32 *)c.src.addr, *d = (__u32 *)c.dst.addr;
+
+		s[0] = skops->local_ip6[0];
+		s[1] = skops->local_ip6[1];
+		s[2] = skops->local_ip6[2];
+		s[3] = skops->local_ip6[3];
+		d[0] = skops->remote_ip6[0];
+		d[1] = skops->remote_ip6[1];
+		d[2] = skops->remote_ip6[2];
+		d[3] = skops->remote_ip6[3];
+	}
+	/* local_port is in host order; remote_port holds the network-order port in its upper half. */
+	c.src.port = bpf_htons((__u16)skops->local_port);
+	c.dst.port = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+	c.netns = netns;
+	c.established_ns = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&oh_conns, &cookie, &c, BPF_ANY)) {
+		count(OH_CNT_CONNS_TABLE_FULL);
+		return;
+	}
+	count(OH_CNT_CONNS_OPENED);
+}
+
+SEC("sockops")
+int oh_sockops(struct bpf_sock_ops *skops)
+{
+	__u64 netns = bpf_get_netns_cookie(skops);
+	__u64 cookie;
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		/* Watch from the SYN on, so a connect that fails also drops its oh_origdst entry. */
+		if (bpf_map_lookup_elem(&oh_enrolled, &netns))
+			watch_state(skops);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		if (!bpf_map_lookup_elem(&oh_enrolled, &netns))
+			break;
+		watch_state(skops);
+		track(skops, netns);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != BPF_TCP_CLOSE)
+			break;
+		cookie = bpf_get_socket_cookie(skops);
+		if (bpf_map_delete_elem(&oh_conns, &cookie) == 0)
+			count(OH_CNT_CONNS_CLOSED);
+		bpf_map_delete_elem(&oh_origdst, &cookie);
+		break;
+	}
+	return 1;
+}

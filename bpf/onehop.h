@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The layout of every onehop BPF map key and value. This header is the one place it is written:
+ * bpf2go generates the Go types from it (-type flags in gen.go), and the agent uses those.
+ *
+ * Addresses are 16 bytes, IPv4 as v4-mapped ::ffff:a.b.c.d; ports are in network byte order,
+ * as the kernel keeps them in sockets. Keys have explicit padding so they are fully initialised.
+ */
+#ifndef ONEHOP_H
+#define ONEHOP_H
+
+#include <linux/types.h>
+
+/* Priority (locality) levels per service; matches model.MaxPriorities. */
+#define OH_MAX_PRIO 4
+
+enum oh_policy {
+	OH_POLICY_RANDOM = 0,
+	OH_POLICY_ROUND_ROBIN = 1,
+};
+
+/* oh_services key: a service frontend. */
+struct oh_svc_key {
+	__u8 addr[16];
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/*
+ * oh_services value. gen selects which of the two slot generations is live: the agent writes a
+ * changed service's slots under the other gen, then replaces this value in one map update.
+ */
+struct oh_svc {
+	__u32 id;                  /* index into oh_rr, part of every slot key */
+	__u8 policy;               /* enum oh_policy */
+	__u8 gen;                  /* 0 or 1 */
+	__u16 count[OH_MAX_PRIO];  /* slots per priority level; the first non-zero level is used */
+	__u16 pad;
+};
+
+/* oh_slots key: one slot of one priority level of one generation of a service. */
+struct oh_slot_key {
+	__u32 id;
+	__u8 gen;
+	__u8 prio;
+	__u16 slot;
+};
+
+/* An address and port: a backend (oh_slots value) or an original destination (oh_origdst). */
+struct oh_endpoint {
+	__u8 addr[16];
+	__u16 port;
+	__u16 pad;
+};
+
+/* oh_conns value: an established TCP connection of an enrolled network namespace. */
+struct oh_conn {
+	struct oh_endpoint src;
+	struct oh_endpoint dst;
+	__u64 netns;          /* network namespace cookie */
+	__u64 established_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+};
+
+/*
+ * Indexes of oh_counters. The agent reads the names from this enum's BTF (OH_CNT_CONNECT_SEEN
+ * becomes connect_seen), so adding a counter here is all it takes. OH_CNT_MAX stays last.
+ */
+enum oh_counter {
+	OH_CNT_CONNECT_SEEN = 0,        /* every connect4/6 call, any protocol */
+	OH_CNT_CONNECT_ENROLLED,        /* TCP connects from an enrolled netns */
+	OH_CNT_CONNECT_BALANCED,        /* ... rewritten to a backend */
+	OH_CNT_CONNECT_NO_SERVICE,      /* ... to an address that is no service (left alone) */
+	OH_CNT_CONNECT_NO_BACKEND,      /* ... to a service without a usable backend (left alone) */
+	OH_CNT_CONNECT_RETRIED,         /* slot lookups repeated because the service changed meanwhile */
+	OH_CNT_GETPEERNAME_REWRITTEN,   /* getpeername answers that show the VIP */
+	OH_CNT_CONNS_OPENED,            /* connections added to oh_conns */
+	OH_CNT_CONNS_CLOSED,            /* connections removed from oh_conns */
+	OH_CNT_CONNS_TABLE_FULL,        /* connections not tracked: oh_conns was full */
+	OH_CNT_MAX,
+};
+
+#endif

@@ -1,0 +1,101 @@
+package datapath
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/onehop-mesh/onehop/dataplane/model"
+)
+
+// benchOptions hold 10,000 services of 10 endpoints with room for changes.
+var benchOptions = Options{MaxServices: 16384, MaxSlots: 262144, MaxConns: 65536, MaxNetns: 16}
+
+// benchServices returns n services 10.96.x.y:80 with eps endpoints each (10.244.x.y:8080,
+// never connected to); variant shifts every endpoint list, so each service changes.
+func benchServices(n, eps, variant int) []model.Service {
+	out := make([]model.Service, n)
+	for i := range out {
+		s := svc(fmt.Sprintf("10.96.%d.%d:80", 100+i/250, i%250+1), model.Random, make([]model.Endpoint, eps))
+		for j := range s.Priorities[0] {
+			a := i*eps + j + variant
+			s.Priorities[0][j] = model.Endpoint{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(a >> 8), byte(a)}), 8080), Weight: 1}
+		}
+		out[i] = s
+	}
+	return out
+}
+
+// BenchmarkApplyFullPush: 10,000 services x 10 endpoints into empty maps.
+func BenchmarkApplyFullPush(b *testing.B) {
+	p := loadDatapath(b, benchOptions).Programmer
+	full, empty := config(benchServices(10000, 10, 0)...), config()
+	for range b.N {
+		b.StopTimer()
+		if _, err := p.Apply(empty); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		st, err := p.Apply(full)
+		if err != nil || st.ServicesAdded != 10000 {
+			b.Fatalf("Apply = %+v, %v", st, err)
+		}
+	}
+	b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/push")
+}
+
+// BenchmarkApplyOneEndpointChange: one service's endpoints change in a 10,000-service config.
+func BenchmarkApplyOneEndpointChange(b *testing.B) {
+	p := loadDatapath(b, benchOptions).Programmer
+	services := benchServices(10000, 10, 0)
+	cfg := config(services...)
+	if _, err := p.Apply(cfg); err != nil {
+		b.Fatal(err)
+	}
+	variants := [2]model.Service{services[5000], benchServices(5001, 10, 1)[5000]}
+	b.ResetTimer()
+	for i := range b.N {
+		cfg.Services[variants[0].Key] = variants[(i+1)%2]
+		st, err := p.Apply(cfg)
+		if err != nil || st.ServicesChanged != 1 {
+			b.Fatalf("Apply = %+v, %v", st, err)
+		}
+	}
+}
+
+// BenchmarkConnectVIP: connect()+close() from a child in the attached cgroup, through a VIP of
+// 10 loopback endpoints, with only that service in the maps or among 100,000 endpoints
+// (10,000 services); "direct" connects to an endpoint without a VIP (the programs still run).
+func BenchmarkConnectVIP(b *testing.B) {
+	l := newLab(b, benchOptions)
+	var addrs []string
+	for i := range 10 {
+		addrs = append(addrs, fmt.Sprintf("127.0.0.%d", i+2))
+	}
+	bs := l.backends(addrs...)
+	vip := service("10.96.200.1:80", model.Random, bs)
+	for _, bc := range []struct {
+		name     string
+		services []model.Service
+		target   string
+	}{
+		{"endpoints=10", []model.Service{vip}, "10.96.200.1:80"},
+		{"endpoints=100000", append(benchServices(9999, 10, 0), vip), "10.96.200.1:80"},
+		{"direct", []model.Service{vip}, bs[0].addr.String()},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			l := l.with(b)
+			l.apply(bc.services...)
+			c := l.start(clientJob{Target: bc.target, Bench: true})
+			b.ResetTimer()
+			fmt.Fprintf(c.stdin, "%d\n", b.N)
+			r, ok := c.next(b)
+			b.StopTimer()
+			if !ok || r.Err != "" {
+				b.Fatalf("bench client: %+v; stderr %s", r, c.stderr.String())
+			}
+			b.ReportMetric(float64(r.Elapsed)/float64(b.N), "ns/connect")
+			c.wait(b)
+		})
+	}
+}

@@ -1,0 +1,189 @@
+package datapath
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// runClient is the child side of the tests (see TestMain): it runs the clientJob in spec with
+// plain socket syscalls, so each connection is exactly one connect() and one getpeername(), and
+// writes one JSON clientResult per connection to stdout.
+func runClient(spec string) int {
+	var job clientJob
+	if err := json.Unmarshal([]byte(spec), &job); err != nil {
+		fmt.Fprintf(os.Stderr, "bad client job %q: %v\n", spec, err)
+		return 2
+	}
+	target, err := netip.ParseAddrPort(job.Target)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bad client target: %v\n", err)
+		return 2
+	}
+	out := json.NewEncoder(os.Stdout)
+	stdin := bufio.NewScanner(os.Stdin)
+	if job.Bench {
+		return bench(target, stdin, out)
+	}
+	deadline := time.Now().Add(job.Duration)
+	for i := 0; (job.Count == 0 || i < job.Count) && (job.Duration == 0 || time.Now().Before(deadline)); i++ {
+		fd, r := dial(target)
+		if fd >= 0 {
+			r.Backend, err = readAll(fd)
+			if err != nil {
+				r.Err = "read: " + err.Error()
+			}
+		}
+		if err := out.Encode(r); err != nil {
+			return 1
+		}
+		if fd >= 0 && job.Hold {
+			stdin.Scan()
+		}
+		closeReset(fd)
+	}
+	return 0
+}
+
+// bench answers each line "N" on stdin with the time N connect()+close() took.
+func bench(target netip.AddrPort, stdin *bufio.Scanner, out *json.Encoder) int {
+	for stdin.Scan() {
+		n, err := strconv.Atoi(strings.TrimSpace(stdin.Text()))
+		if err != nil {
+			return 2
+		}
+		var r clientResult
+		start := monotonic()
+		for range n {
+			fd, dr := dial(target)
+			if fd < 0 {
+				r.Err = dr.Err
+				break
+			}
+			closeReset(fd)
+		}
+		r.Elapsed = monotonic() - start
+		if err := out.Encode(r); err != nil {
+			return 1
+		}
+	}
+	return 0
+}
+
+func monotonic() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
+// dial connects a TCP socket of target's family (AF_INET6 for v4-mapped targets) and reports
+// what getpeername and getsockname say. fd is -1 if it failed.
+func dial(target netip.AddrPort) (int, clientResult) {
+	var r clientResult
+	family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: int(target.Port()), Addr: target.Addr().As16()})
+	if target.Addr().Is4() {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(target.Port()), Addr: target.Addr().As4()}
+	}
+	// Non-blocking connect and poll: the Go runtime's preemption signals would interrupt a
+	// blocking connect (EINTR) halfway.
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		r.Err = "socket: " + err.Error()
+		return -1, r
+	}
+	r.Start = monotonic()
+	err = unix.Connect(fd, sa)
+	if err == unix.EINPROGRESS {
+		err = awaitConnect(fd)
+	}
+	r.End = monotonic()
+	if err != nil {
+		unix.Close(fd)
+		r.Err = "connect: " + err.Error()
+		return -1, r
+	}
+	// Blocking reads, bounded: nothing here may hang the test.
+	unix.SetNonblock(fd, false)
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 2})
+	if peer, err := unix.Getpeername(fd); err == nil {
+		r.Peer = sockaddrString(peer)
+	}
+	if local, err := unix.Getsockname(fd); err == nil {
+		r.Local = sockaddrString(local)
+	}
+	return fd, r
+}
+
+func awaitConnect(fd int) error {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(pfd, int(time.Until(deadline).Milliseconds()))
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return err
+		case n == 0:
+			return unix.ETIMEDOUT
+		}
+		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			return err
+		}
+		if soErr != 0 {
+			return unix.Errno(soErr)
+		}
+		return nil
+	}
+}
+
+func sockaddrString(sa unix.Sockaddr) string {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)).String()
+	}
+	return fmt.Sprintf("%T", sa)
+}
+
+func readAll(fd int) (string, error) {
+	var (
+		buf []byte
+		b   [64]byte
+	)
+	for {
+		n, err := unix.Read(fd, b[:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return string(buf), err
+		}
+		if n == 0 {
+			return string(buf), nil
+		}
+		buf = append(buf, b[:n]...)
+		if len(buf) > 1024 {
+			return string(buf), io.ErrShortBuffer
+		}
+	}
+}
+
+// closeReset closes with a reset, so thousands of connections leave no TIME_WAIT behind.
+func closeReset(fd int) {
+	if fd < 0 {
+		return
+	}
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	unix.Close(fd)
+}
