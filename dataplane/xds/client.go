@@ -1,0 +1,471 @@
+// Package xds is the agent's xDS client: it follows a control plane over ADS (State of the World
+// or Delta), translates listeners, routes, clusters and endpoint assignments into a
+// model.Config, hands each accepted config to a callback, and ACKs or NACKs every response.
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/onehop-mesh/onehop/dataplane/model"
+)
+
+const (
+	defaultBackoffMin = 250 * time.Millisecond
+	defaultBackoffMax = 30 * time.Second
+	// A full LDS or EDS response for many services is far over gRPC's 4 MiB default; each
+	// resource in it is still held to MaxResourceBytes by Translate.
+	maxResponseBytes = 256 << 20
+)
+
+// Backoff bounds the wait before reconnecting, and before re-NACKing a response the control
+// plane sends again unchanged. Zero values mean 250ms and 30s.
+type Backoff struct {
+	Min, Max time.Duration
+}
+
+// delay is the n-th wait (from 0): Min doubling up to Max, with half of it random so that
+// agents that lost the same control plane do not come back in step.
+func (b Backoff) delay(n int) time.Duration {
+	lo, hi := b.Min, b.Max
+	if lo <= 0 {
+		lo = defaultBackoffMin
+	}
+	if hi <= 0 {
+		hi = defaultBackoffMax
+	}
+	hi = max(hi, lo)
+	d := lo
+	for i := 0; i < n && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	return d/2 + rand.N(d/2+1)
+}
+
+// Client follows one control plane. Set the fields, then call Run.
+type Client struct {
+	Addr    string // host:port of the ADS server (plaintext gRPC: loopback or a lab namespace)
+	NodeID  string
+	Cluster string
+	Delta   bool // Delta xDS instead of State of the World
+	// Apply programs a config: the whole desired state, not a change, so it diffs against
+	// what it programmed. It is called when the config changes, always for the first one
+	// (including an empty one) and again after it failed. An error NACKs the update that
+	// produced the config. Apply runs on Run's goroutine.
+	Apply   func(model.Config) error
+	Metrics *Metrics     // nil: no metrics
+	Log     *slog.Logger // nil: no logs
+	Backoff Backoff
+
+	running atomic.Bool
+
+	mu      sync.Mutex
+	ready   bool
+	lastErr error
+
+	// Owned by Run: the accepted state outlives streams, so a reconnect starts from it.
+	acc     *accepted
+	applied model.Config
+	inSync  bool // the data plane holds applied
+}
+
+// Ready reports whether a complete config has been applied: clusters and listeners received,
+// and every endpoint assignment and route they name arrived. It stays true across reconnects,
+// since the applied config stays programmed.
+func (c *Client) Ready() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ready
+}
+
+// LastError is the latest failure (stream lost, update NACKed, Apply failed), or nil once an
+// update has been accepted since.
+func (c *Client) LastError() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastErr
+}
+
+func (c *Client) setErr(err error) {
+	c.mu.Lock()
+	c.lastErr = err
+	c.mu.Unlock()
+}
+
+func (c *Client) log() *slog.Logger {
+	if c.Log != nil {
+		return c.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// Run follows the control plane until ctx is cancelled, then returns nil. When the stream
+// breaks it keeps the applied config (Apply is not called) and reconnects with backoff; a new
+// stream asks for the full state again. It returns an error only for a misconfigured Client.
+func (c *Client) Run(ctx context.Context) error {
+	if c.Addr == "" || c.Apply == nil {
+		return errors.New("xds client: Addr and Apply must be set")
+	}
+	if !c.running.CompareAndSwap(false, true) {
+		return fmt.Errorf("xds client for %s: Run is already running", c.Addr)
+	}
+	defer c.running.Store(false)
+	if c.acc == nil {
+		c.acc = newAccepted()
+	}
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			c.Metrics.reconnect()
+		}
+		progressed, err := c.session(ctx)
+		c.Metrics.setConnected(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.setErr(err)
+		if progressed {
+			attempt = 0
+		}
+		d := c.Backoff.delay(attempt)
+		c.log().Warn("xDS stream lost; keeping the applied config", "addr", c.Addr, "err", err, "retry_in", d)
+		if !sleep(ctx, d) {
+			return nil
+		}
+	}
+}
+
+// session runs one ADS stream; progressed reports whether it got any response.
+func (c *Client) session(ctx context.Context) (progressed bool, err error) {
+	conn, err := grpc.NewClient(c.Addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes)))
+	if err != nil {
+		return false, fmt.Errorf("xDS server address %q: %w", c.Addr, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	node := &corev3.Node{Id: c.NodeID, Cluster: c.Cluster, UserAgentName: "onehop-agent"}
+	var s stream
+	if c.Delta {
+		ds, err := ads.DeltaAggregatedResources(ctx)
+		if err != nil {
+			return false, fmt.Errorf("open delta ADS stream to %s: %w", c.Addr, err)
+		}
+		s = &deltaStream{s: ds, node: node, acc: c.acc, subscribed: map[string]map[string]bool{}, asked: map[string]bool{}}
+	} else {
+		ss, err := ads.StreamAggregatedResources(ctx)
+		if err != nil {
+			return false, fmt.Errorf("open ADS stream to %s: %w", c.Addr, err)
+		}
+		s = &sotwStream{s: ss, node: node, nonce: map[string]string{}, version: map[string]string{}, names: map[string][]string{}, asked: map[string]bool{}}
+	}
+	if err := s.open(c.acc.wanted()); err != nil {
+		return false, fmt.Errorf("ADS stream to %s: initial requests: %w", c.Addr, err)
+	}
+	c.Metrics.setConnected(true)
+	c.log().Info("xDS stream open", "addr", c.Addr, "delta", c.Delta, "node", c.NodeID)
+	st := &streamState{seen: map[string]bool{}, nacks: map[string]nackRun{}}
+	for {
+		r, err := s.recv()
+		if err != nil {
+			return progressed, fmt.Errorf("ADS stream from %s: %w", c.Addr, err)
+		}
+		progressed = true
+		if err := c.handle(ctx, s, st, r); err != nil {
+			return progressed, fmt.Errorf("ADS stream to %s: %w", c.Addr, err)
+		}
+	}
+}
+
+// streamState is what the client remembers about one stream.
+type streamState struct {
+	seen  map[string]bool    // types accepted on this stream
+	nacks map[string]nackRun // per type, the NACK reason being repeated
+}
+
+type nackRun struct {
+	reason string
+	n      int
+}
+
+// handle accepts or rejects one response and sends the ACK or NACK, then any subscription
+// change the accepted resources call for.
+func (c *Client) handle(ctx context.Context, s stream, st *streamState, r *response) error {
+	cand, cfg, applied, err := c.evaluate(st, r)
+	log := c.log().With("type", typeLabel(r.typeURL), "version", r.version, "nonce", r.nonce)
+	if err != nil {
+		c.Metrics.update(r.typeURL, false)
+		c.setErr(fmt.Errorf("rejected %s version %q: %w", typeLabel(r.typeURL), r.version, err))
+		log.Warn("xDS update rejected (NACK)", "err", err)
+		// Control planes answer a NACK by resending what they have, at once: a bad version
+		// would spin. Repeating the same rejection waits with backoff.
+		run := st.nacks[r.typeURL]
+		if run.reason == err.Error() {
+			run.n++
+			if !sleep(ctx, c.Backoff.delay(run.n-1)) {
+				return ctx.Err()
+			}
+		} else {
+			run = nackRun{reason: err.Error()}
+		}
+		st.nacks[r.typeURL] = run
+		return s.nack(r, err)
+	}
+	c.acc.commit(cand, r)
+	c.applied = cfg
+	st.seen[r.typeURL] = true
+	delete(st.nacks, r.typeURL)
+	c.Metrics.update(r.typeURL, true)
+	// New clusters or listeners change which endpoint assignments and routes to follow.
+	w := c.acc.wanted()
+	c.mu.Lock()
+	c.lastErr = nil
+	c.ready = c.ready || c.acc.complete(w)
+	c.mu.Unlock()
+	if applied {
+		log.Info("xDS update applied (ACK)", "services", len(cfg.Services))
+	} else {
+		log.Debug("xDS update accepted, config unchanged (ACK)")
+	}
+	if err := s.ack(r); err != nil {
+		return err
+	}
+	for _, typ := range []string{resourcev3.EndpointType, resourcev3.RouteType} {
+		if err := s.subscribe(typ, w[typ]); err != nil {
+			return err
+		}
+	}
+	c.acc.prune(w)
+	return nil
+}
+
+// evaluate builds the state the response would make, translates it and applies the result
+// if it changed.
+func (c *Client) evaluate(st *streamState, r *response) (cand State, cfg model.Config, applied bool, err error) {
+	if r.err != nil {
+		return State{}, model.Config{}, false, r.err
+	}
+	cand = c.acc.candidate(r)
+	cand.Previous = c.applied
+	cand.AcceptedListeners, cand.AcceptedRoutes = c.acc.state.Listeners, c.acc.state.Routes
+	cand.AwaitingClusters = !st.seen[resourcev3.ClusterType]
+	if cfg, err = Translate(&cand); err != nil {
+		return State{}, model.Config{}, false, err
+	}
+	// Most responses change nothing the kernel sees (new versions of unchanged resources,
+	// health changes of endpoints already out): Apply only a changed config. The first one
+	// is always applied, to replace whatever the data plane held before, and so is the next
+	// one after a failed Apply, which may have left the data plane half way.
+	if c.inSync && sameConfig(cfg, c.applied) {
+		return cand, cfg, false, nil
+	}
+	c.inSync = false
+	if err := c.Apply(cfg); err != nil {
+		return State{}, model.Config{}, false, fmt.Errorf("programming the data plane failed: %w", err)
+	}
+	c.inSync = true
+	return cand, cfg, true, nil
+}
+
+func sameConfig(a, b model.Config) bool {
+	return maps.EqualFunc(a.Services, b.Services, func(x, y model.Service) bool {
+		return x.Key == y.Key && x.Name == y.Name && x.Policy == y.Policy &&
+			slices.EqualFunc(x.Priorities, y.Priorities, slices.Equal[[]model.Endpoint])
+	})
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// accepted is what the client has ACKed: the resources and their versions.
+type accepted struct {
+	state    State
+	versions map[string]map[string]string // type URL -> resource name -> version (Delta resync)
+	seen     map[string]bool              // types accepted at least once
+}
+
+func newAccepted() *accepted {
+	return &accepted{versions: map[string]map[string]string{}, seen: map[string]bool{}}
+}
+
+// candidate is the accepted state with the response applied, leaving the accepted maps as
+// they are.
+func (a *accepted) candidate(r *response) State {
+	s := a.state
+	switch r.typeURL {
+	case resourcev3.ListenerType:
+		s.Listeners = merge(a.state.Listeners, r)
+	case resourcev3.RouteType:
+		s.Routes = merge(a.state.Routes, r)
+	case resourcev3.ClusterType:
+		s.Clusters = merge(a.state.Clusters, r)
+	case resourcev3.EndpointType:
+		s.Endpoints = merge(a.state.Endpoints, r)
+	}
+	return s
+}
+
+func merge[M proto.Message](cur map[string]M, r *response) map[string]M {
+	out := make(map[string]M, len(cur)+len(r.upsert))
+	if !r.full {
+		maps.Copy(out, cur)
+	}
+	for _, n := range r.keep {
+		if m, ok := cur[n]; ok {
+			out[n] = m
+		}
+	}
+	for _, n := range r.remove {
+		delete(out, n)
+	}
+	for n, res := range r.upsert {
+		out[n] = res.msg.(M)
+	}
+	return out
+}
+
+func (a *accepted) commit(s State, r *response) {
+	s.Previous, s.AcceptedListeners, s.AcceptedRoutes, s.AwaitingClusters = model.Config{}, nil, nil, false
+	a.state = s
+	vs := a.versions[r.typeURL]
+	if vs == nil || r.full {
+		old := vs
+		vs = map[string]string{}
+		for _, n := range r.keep {
+			if v, ok := old[n]; ok {
+				vs[n] = v
+			}
+		}
+	}
+	for _, n := range r.remove {
+		delete(vs, n)
+	}
+	for n, res := range r.upsert {
+		vs[n] = res.version
+	}
+	a.versions[r.typeURL] = vs
+	a.seen[r.typeURL] = true
+}
+
+// wanted is the names to follow for the non-wildcard types.
+func (a *accepted) wanted() map[string][]string {
+	return map[string][]string{
+		resourcev3.EndpointType: endpointNames(a.state.Clusters),
+		resourcev3.RouteType:    routeNames(a.state.Listeners),
+	}
+}
+
+// prune forgets endpoint assignments and routes nothing names any more.
+func (a *accepted) prune(w map[string][]string) {
+	keep := func(typ string) map[string]bool {
+		set := map[string]bool{}
+		for _, n := range w[typ] {
+			set[n] = true
+		}
+		return set
+	}
+	eds, rds := keep(resourcev3.EndpointType), keep(resourcev3.RouteType)
+	for n := range a.state.Endpoints {
+		if !eds[n] {
+			delete(a.state.Endpoints, n)
+			delete(a.versions[resourcev3.EndpointType], n)
+		}
+	}
+	for n := range a.state.Routes {
+		if !rds[n] {
+			delete(a.state.Routes, n)
+			delete(a.versions[resourcev3.RouteType], n)
+		}
+	}
+}
+
+// complete reports whether clusters and listeners arrived and nothing they name (w, from
+// wanted) is missing.
+func (a *accepted) complete(w map[string][]string) bool {
+	if !a.seen[resourcev3.ClusterType] || !a.seen[resourcev3.ListenerType] {
+		return false
+	}
+	for _, n := range w[resourcev3.EndpointType] {
+		if a.state.Endpoints[n] == nil {
+			return false
+		}
+	}
+	for _, n := range w[resourcev3.RouteType] {
+		if a.state.Routes[n] == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// decode unpacks one resource of the response's type and returns it with its name.
+func decode(typeURL string, res interface {
+	GetTypeUrl() string
+	GetValue() []byte
+}) (proto.Message, string, error) {
+	var m proto.Message
+	switch typeURL {
+	case resourcev3.ListenerType:
+		m = &listenerv3.Listener{}
+	case resourcev3.RouteType:
+		m = &routev3.RouteConfiguration{}
+	case resourcev3.ClusterType:
+		m = &clusterv3.Cluster{}
+	case resourcev3.EndpointType:
+		m = &endpointv3.ClusterLoadAssignment{}
+	default:
+		return nil, "", fmt.Errorf("resource type %s is not one onehop subscribes to", typeURL)
+	}
+	if res.GetTypeUrl() != typeURL {
+		return nil, "", fmt.Errorf("resource of type %s in a %s response", res.GetTypeUrl(), typeURL)
+	}
+	if err := proto.Unmarshal(res.GetValue(), m); err != nil {
+		return nil, "", fmt.Errorf("decode %s: %w", typeURL, err)
+	}
+	var name string
+	switch v := m.(type) {
+	case *listenerv3.Listener:
+		name = v.GetName()
+	case *routev3.RouteConfiguration:
+		name = v.GetName()
+	case *clusterv3.Cluster:
+		name = v.GetName()
+	case *endpointv3.ClusterLoadAssignment:
+		name = v.GetClusterName()
+	}
+	if name == "" {
+		return nil, "", fmt.Errorf("%s resource without a name", typeLabel(typeURL))
+	}
+	return m, name, nil
+}

@@ -1,0 +1,84 @@
+package xds
+
+import (
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the xDS client's Prometheus metrics. A nil *Metrics records nothing.
+type Metrics struct {
+	updates    *prometheus.CounterVec
+	nacks      *prometheus.CounterVec
+	connected  prometheus.Gauge
+	reconnects prometheus.Counter
+}
+
+// NewMetrics creates the metrics and registers them with reg (if not nil).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "onehop_agent_xds_updates_total",
+			Help: "xDS responses processed, by resource type (lds, rds, cds, eds) and result (ack, nack).",
+		}, []string{"type", "result"}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "onehop_agent_xds_nacks_total",
+			Help: "xDS responses rejected, by resource type.",
+		}, []string{"type"}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "onehop_agent_xds_connected",
+			Help: "1 while the ADS stream to the control plane is open.",
+		}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "onehop_agent_xds_reconnects_total",
+			Help: "ADS streams opened after the first one.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.updates, m.nacks, m.connected, m.reconnects)
+	}
+	return m
+}
+
+func (m *Metrics) update(typeURL string, ack bool) {
+	if m == nil {
+		return
+	}
+	t := typeLabel(typeURL)
+	if ack {
+		m.updates.WithLabelValues(t, "ack").Inc()
+		return
+	}
+	m.updates.WithLabelValues(t, "nack").Inc()
+	m.nacks.WithLabelValues(t).Inc()
+}
+
+func (m *Metrics) setConnected(up bool) {
+	if m == nil {
+		return
+	}
+	if up {
+		m.connected.Set(1)
+	} else {
+		m.connected.Set(0)
+	}
+}
+
+func (m *Metrics) reconnect() {
+	if m != nil {
+		m.reconnects.Inc()
+	}
+}
+
+func typeLabel(typeURL string) string {
+	switch typeURL {
+	case resourcev3.ListenerType:
+		return "lds"
+	case resourcev3.RouteType:
+		return "rds"
+	case resourcev3.ClusterType:
+		return "cds"
+	case resourcev3.EndpointType:
+		return "eds"
+	}
+	return "other"
+}

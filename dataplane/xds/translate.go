@@ -1,0 +1,755 @@
+package xds
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"math/bits"
+	"net/netip"
+	"slices"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/onehop-mesh/onehop/dataplane/model"
+)
+
+// Limits on what the agent accepts from a control plane, beyond the per-service limits of
+// model.Validate. They bound the agent's memory and the kernel maps.
+const (
+	MaxServices = 100_000 // services in one config
+	// MaxResourceBytes bounds the encoded size of one resource. istiod puts every service of a
+	// port into one listener (a filter chain per VIP), about 250 bytes per service: 16 MiB holds
+	// some 60,000 services on one port.
+	MaxResourceBytes = 16 << 20
+)
+
+// State is the xDS resources the translation reads, each map keyed by resource name
+// (Endpoints by ClusterLoadAssignment.cluster_name, i.e. the EDS service name).
+type State struct {
+	Listeners map[string]*listenerv3.Listener
+	Routes    map[string]*routev3.RouteConfiguration
+	Clusters  map[string]*clusterv3.Cluster
+	Endpoints map[string]*endpointv3.ClusterLoadAssignment
+
+	// Previous is the config applied last. A service whose endpoints (EDS) or route (RDS) have
+	// not arrived yet keeps its Previous definition: an update never takes down a working
+	// service while what it now depends on is still on its way.
+	Previous model.Config
+
+	// AcceptedListeners and AcceptedRoutes are the listeners and routes as they were before
+	// the update being translated. A reference to a cluster missing from Clusters is an error
+	// only where the update introduced it, in a listener or route that differs from its
+	// accepted version. Elsewhere the cluster is pending like a warming one: control planes
+	// remove a cluster before or after the listener using it, and the other half follows.
+	AcceptedListeners map[string]*listenerv3.Listener
+	AcceptedRoutes    map[string]*routev3.RouteConfiguration
+
+	// AwaitingClusters makes every missing cluster pending. The client sets it until the
+	// stream's first CDS response, which may come after the first listeners and routes.
+	AwaitingClusters bool
+}
+
+// Translate turns the xDS state into the services the kernel balances. An error names the
+// resource and the reason; the client NACKs the update that produced it.
+//
+// A listener bound to an IP gives one service per VIP:port. An Istio-style port listener
+// (0.0.0.0 or ::) gives one service per filter chain prefix range of a full-length (/32, /128)
+// destination; chains without prefix ranges are passthrough and skipped. The chain's
+// tcp_proxy or http_connection_manager names the clusters.
+func Translate(s *State) (model.Config, error) {
+	if err := checkSizes(s); err != nil {
+		return model.Config{}, err
+	}
+	t := translator{s: s, clusters: map[string]clusterResult{}, settled: map[origin]bool{}}
+	cfg := model.Config{Services: map[model.Key]model.Service{}}
+	servedBy := map[model.Key]string{} // the chain that made each service, for duplicate errors
+	for _, name := range slices.Sorted(maps.Keys(s.Listeners)) {
+		fes, err := frontends(name, s.Listeners[name])
+		if err != nil {
+			return model.Config{}, err
+		}
+		for _, fe := range fes {
+			if other, dup := servedBy[fe.key]; dup {
+				return model.Config{}, fmt.Errorf("%s and %s both serve %s: onehop needs exactly one listener chain per VIP:port", other, fe.where, fe.key)
+			}
+			servedBy[fe.key] = fe.where
+			svc, st, err := t.service(fe)
+			if err != nil {
+				return model.Config{}, err
+			}
+			switch st {
+			case ready:
+				cfg.Services[fe.key] = svc
+			case pending:
+				if prev, ok := s.Previous.Services[fe.key]; ok {
+					cfg.Services[fe.key] = prev
+				}
+			case noHealthy:
+				// Left out: with the service gone the kernel stops steering the VIP, rather
+				// than sending connections to endpoints known to be down.
+			}
+			if len(cfg.Services) > MaxServices {
+				return model.Config{}, fmt.Errorf("more than %d services in total (at listener %q): onehop does not program more", MaxServices, name)
+			}
+		}
+	}
+	return cfg, nil
+}
+
+func checkSizes(s *State) error {
+	return errors.Join(
+		checkSize("listener", s.Listeners),
+		checkSize("route_configuration", s.Routes),
+		checkSize("cluster", s.Clusters),
+		checkSize("cluster_load_assignment", s.Endpoints),
+	)
+}
+
+func checkSize[M proto.Message](kind string, m map[string]M) error {
+	var over []string
+	for name, r := range m {
+		if proto.Size(r) > MaxResourceBytes {
+			over = append(over, name)
+		}
+	}
+	if len(over) == 0 {
+		return nil
+	}
+	name := slices.Min(over) // the same NACK message for the same state
+	return fmt.Errorf("%s %q is %d bytes encoded, more than the %d onehop accepts", kind, name, proto.Size(m[name]), MaxResourceBytes)
+}
+
+// frontend is one VIP:port served by a listener filter chain.
+type frontend struct {
+	key      model.Key
+	listener string
+	where    string // `listener "x" chain "y"`, for errors
+	chain    *listenerv3.FilterChain
+}
+
+func frontends(name string, l *listenerv3.Listener) ([]frontend, error) {
+	where := fmt.Sprintf("listener %q", name)
+	// API and internal listeners, and pipe addresses, are nothing a connect() can target.
+	// Only the primary address is translated; additional_addresses are not used by onehop.
+	sa := l.GetAddress().GetSocketAddress()
+	if l.GetApiListener() != nil || l.GetInternalListener() != nil || sa == nil {
+		return nil, nil
+	}
+	if sa.GetProtocol() == corev3.SocketAddress_UDP || l.GetUdpListenerConfig() != nil {
+		return nil, fmt.Errorf("%s: UDP services are not supported by onehop", where)
+	}
+	ip, err := parseIP(sa.GetAddress())
+	if err != nil {
+		return nil, fmt.Errorf("%s: address: %w", where, err)
+	}
+	port, err := checkPort(sa.GetPortValue())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	chains := l.GetFilterChains()
+	if d := l.GetDefaultFilterChain(); d != nil {
+		chains = append(slices.Clip(chains), d)
+	}
+	var out []frontend
+	for i, fc := range chains {
+		isDefault := fc == l.GetDefaultFilterChain()
+		cw := fmt.Sprintf("%s chain %q", where, fc.GetName())
+		if fc.GetName() == "" {
+			cw = fmt.Sprintf("%s chain #%d", where, i)
+		}
+		if isDefault {
+			cw = where + " default chain"
+		}
+		// Other match fields (SNI, ALPN, source) choose between chains at TLS or L7, which
+		// connect() cannot see: each VIP:port must have one chain, duplicates are NACKed.
+		m := fc.GetFilterChainMatch()
+		p := port
+		if dp := m.GetDestinationPort(); dp != nil {
+			if p, err = checkPort(dp.GetValue()); err != nil {
+				return nil, fmt.Errorf("%s: destination_port: %w", cw, err)
+			}
+		}
+		var vips []netip.Addr
+		if len(m.GetPrefixRanges()) == 0 {
+			if ip.IsUnspecified() {
+				continue // passthrough: no VIP to steer
+			}
+			vips = []netip.Addr{ip}
+		}
+		for _, r := range m.GetPrefixRanges() {
+			a, err := parseIP(r.GetAddressPrefix())
+			if err != nil {
+				return nil, fmt.Errorf("%s: prefix range: %w", cw, err)
+			}
+			// Only a full-length prefix is a VIP; the kernel matches exact VIPs, not ranges.
+			// On a listener bound to one IP, other destinations never reach the chain.
+			if r.GetPrefixLen().GetValue() != uint32(a.BitLen()) || (!ip.IsUnspecified() && a != ip) {
+				continue
+			}
+			vips = append(vips, a)
+		}
+		for _, vip := range vips {
+			key := model.Key{VIP: vip, Port: p, Proto: model.TCP}
+			if isDefault && slices.ContainsFunc(out, func(f frontend) bool { return f.key == key }) {
+				continue // the default chain only gets what no other chain matched
+			}
+			out = append(out, frontend{key: key, listener: name, where: cw, chain: fc})
+		}
+	}
+	return out, nil
+}
+
+func parseIP(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("%q is not a valid IP (onehop does not resolve names)", s)
+	}
+	return a, nil
+}
+
+func checkPort(p uint32) (uint16, error) {
+	if p == 0 || p > math.MaxUint16 {
+		return 0, fmt.Errorf("port %d is not in 1..65535 (named ports are not supported)", p)
+	}
+	return uint16(p), nil
+}
+
+// networkFilter returns the chain's tcp_proxy or http_connection_manager, whichever comes first.
+func networkFilter(fc *listenerv3.FilterChain) (*tcpproxyv3.TcpProxy, *hcmv3.HttpConnectionManager, error) {
+	for _, f := range fc.GetFilters() {
+		tc := f.GetTypedConfig()
+		switch {
+		case tc.MessageIs((*tcpproxyv3.TcpProxy)(nil)):
+			tp := &tcpproxyv3.TcpProxy{}
+			if err := tc.UnmarshalTo(tp); err != nil {
+				return nil, nil, fmt.Errorf("filter %q: %w", f.GetName(), err)
+			}
+			return tp, nil, nil
+		case tc.MessageIs((*hcmv3.HttpConnectionManager)(nil)):
+			h := &hcmv3.HttpConnectionManager{}
+			if err := tc.UnmarshalTo(h); err != nil {
+				return nil, nil, fmt.Errorf("filter %q: %w", f.GetName(), err)
+			}
+			return nil, h, nil
+		}
+	}
+	return nil, nil, errors.New("no tcp_proxy or http_connection_manager network filter (onehop forwards only these)")
+}
+
+// routeNames returns the RDS names the listeners reference, for the client's subscription.
+// Chains that do not parse are skipped here: Translate reports them.
+func routeNames(ls map[string]*listenerv3.Listener) []string {
+	set := map[string]bool{}
+	for _, l := range ls {
+		for _, fc := range append(slices.Clip(l.GetFilterChains()), l.GetDefaultFilterChain()) {
+			if _, h, err := networkFilter(fc); err == nil {
+				if n := h.GetRds().GetRouteConfigName(); n != "" {
+					set[n] = true
+				}
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
+// endpointNames returns the EDS names of the EDS clusters, for the client's subscription.
+func endpointNames(cs map[string]*clusterv3.Cluster) []string {
+	set := map[string]bool{}
+	for name, c := range cs {
+		if c.GetClusterType() == nil && c.GetType() == clusterv3.Cluster_EDS {
+			set[edsName(name, c)] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
+func edsName(name string, c *clusterv3.Cluster) string {
+	if n := c.GetEdsClusterConfig().GetServiceName(); n != "" {
+		return n
+	}
+	return name
+}
+
+type status int
+
+const (
+	ready     status = iota
+	pending          // waiting for EDS, RDS or CDS
+	noHealthy        // every endpoint is unhealthy
+)
+
+type translator struct {
+	s        *State
+	clusters map[string]clusterResult // memo: many services share a cluster
+	settled  map[origin]bool          // memo: resources unchanged from their accepted version
+}
+
+// origin is the resource that names a service's clusters: a listener (tcp_proxy or inline
+// route) or a route configuration (RDS).
+type origin struct {
+	route bool
+	name  string
+}
+
+// unchanged reports whether the update being translated left o as it was accepted.
+func (t *translator) unchanged(o origin) bool {
+	if u, ok := t.settled[o]; ok {
+		return u
+	}
+	var u bool
+	if o.route {
+		prev, ok := t.s.AcceptedRoutes[o.name]
+		u = ok && proto.Equal(prev, t.s.Routes[o.name])
+	} else {
+		prev, ok := t.s.AcceptedListeners[o.name]
+		u = ok && proto.Equal(prev, t.s.Listeners[o.name])
+	}
+	t.settled[o] = u
+	return u
+}
+
+// target is one cluster a service sends a share of its connections to.
+type target struct {
+	cluster string
+	weight  uint64
+}
+
+func (t *translator) service(fe frontend) (model.Service, status, error) {
+	targets, from, st, err := t.targets(fe)
+	if err != nil || st != ready {
+		return model.Service{}, st, wrap(fe.where, err)
+	}
+	backends := make([]clusterResult, len(targets))
+	st = ready
+	for i, tg := range targets {
+		b := t.cluster(tg.cluster)
+		switch {
+		case b.err != nil:
+			return model.Service{}, 0, fmt.Errorf("%s: %w", fe.where, b.err)
+		case b.missing && !t.s.AwaitingClusters && !t.unchanged(from):
+			return model.Service{}, 0, fmt.Errorf("%s: cluster %q not found in CDS (unknown cluster reference)", fe.where, tg.cluster)
+		case b.missing || b.pending:
+			st = pending
+		}
+		backends[i] = b
+	}
+	if st == pending {
+		return model.Service{}, pending, nil
+	}
+	svc := model.Service{Key: fe.key, Name: targets[0].cluster, Policy: backends[0].policy}
+	if len(targets) > 1 {
+		svc.Name = fe.listener
+	}
+	for _, b := range backends[1:] {
+		if b.policy != svc.Policy {
+			// One service has one policy in the kernel; a mix of policies has no common
+			// meaning, and random is the one that keeps the weighted split unbiased.
+			svc.Policy = model.Random
+		}
+	}
+	// A connect() is steered within its address family: a dual-stack cluster serves its
+	// IPv4 endpoints to the IPv4 VIP and its IPv6 ones to the IPv6 VIP.
+	levels := make([][][]weighted, len(backends))
+	for i, b := range backends {
+		for _, l := range b.levels {
+			l = slices.DeleteFunc(slices.Clone(l), func(e weighted) bool { return e.addr.Addr().Is4() != fe.key.VIP.Is4() })
+			if len(l) > 0 {
+				levels[i] = append(levels[i], l)
+			}
+		}
+	}
+	// Weighted clusters at L4 are one service over the union of their endpoints, each
+	// endpoint weighted by its cluster's share. Levels are merged by rank (each cluster's
+	// empty levels dropped), so a cluster failing over to its next priority keeps its share
+	// instead of handing it to the others.
+	for level := 0; ; level++ {
+		var parts []part
+		for i := range backends {
+			if level < len(levels[i]) {
+				parts = append(parts, part{cluster: targets[i].cluster, weight: targets[i].weight, eps: levels[i][level]})
+			}
+		}
+		if len(parts) == 0 {
+			break
+		}
+		eps, err := mix(parts)
+		if err != nil {
+			return model.Service{}, 0, fmt.Errorf("%s: %w", fe.where, err)
+		}
+		svc.Priorities = append(svc.Priorities, eps)
+	}
+	if len(svc.Priorities) == 0 {
+		return model.Service{}, noHealthy, nil
+	}
+	if err := svc.Validate(); err != nil {
+		return model.Service{}, 0, fmt.Errorf("%s: %w", fe.where, err)
+	}
+	return svc, ready, nil
+}
+
+func wrap(where string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", where, err)
+}
+
+// targets returns the clusters the chain sends to and the resource that names them.
+func (t *translator) targets(fe frontend) ([]target, origin, status, error) {
+	from := origin{name: fe.listener}
+	tp, h, err := networkFilter(fe.chain)
+	if err != nil {
+		return nil, from, 0, err
+	}
+	if tp != nil {
+		if c := tp.GetCluster(); c != "" {
+			return []target{{c, 1}}, from, ready, nil
+		}
+		wc := tp.GetWeightedClusters().GetClusters()
+		if len(wc) == 0 {
+			return nil, from, 0, errors.New("tcp_proxy names no cluster (on-demand clusters are not supported)")
+		}
+		ts := make([]target, len(wc))
+		for i, c := range wc {
+			ts[i] = target{c.GetName(), uint64(c.GetWeight())}
+		}
+		ts, err := checkWeights(ts)
+		return ts, from, ready, err
+	}
+	rc := h.GetRouteConfig()
+	if rds := h.GetRds(); rds != nil {
+		name := rds.GetRouteConfigName()
+		if name == "" {
+			return nil, from, 0, errors.New("http_connection_manager: rds has no route_config_name")
+		}
+		if rc = t.s.Routes[name]; rc == nil {
+			return nil, from, pending, nil
+		}
+		from = origin{route: true, name: name}
+	} else if rc == nil {
+		return nil, from, 0, errors.New("http_connection_manager: neither route_config nor rds (scoped routes are not supported)")
+	}
+	ts, err := routeTargets(rc)
+	if err != nil {
+		return nil, from, 0, fmt.Errorf("route_configuration %q: %w", rc.GetName(), err)
+	}
+	return ts, from, ready, nil
+}
+
+// routeTargets takes the first virtual host's catch-all route: connect() sees no Host header,
+// path or other header, so matching on those is left to the waypoint, and other routes are
+// ignored here.
+func routeTargets(rc *routev3.RouteConfiguration) ([]target, error) {
+	vhs := rc.GetVirtualHosts()
+	if len(vhs) == 0 {
+		return nil, errors.New("no virtual hosts (VHDS is not supported)")
+	}
+	vh := vhs[0]
+	i := slices.IndexFunc(vh.GetRoutes(), func(r *routev3.Route) bool { return catchAll(r.GetMatch()) })
+	if i < 0 {
+		return nil, fmt.Errorf("virtual host %q has no catch-all route (prefix \"/\" without other matchers)", vh.GetName())
+	}
+	r := vh.GetRoutes()[i]
+	a := r.GetRoute()
+	if a == nil {
+		return nil, fmt.Errorf("virtual host %q route %q: not a route to a cluster (redirects and direct responses have no L4 equivalent)", vh.GetName(), r.GetName())
+	}
+	if c := a.GetCluster(); c != "" {
+		return []target{{c, 1}}, nil
+	}
+	wc := a.GetWeightedClusters().GetClusters()
+	if len(wc) == 0 {
+		return nil, fmt.Errorf("virtual host %q route %q: names no cluster (cluster_header and cluster plugins are not supported)", vh.GetName(), r.GetName())
+	}
+	ts := make([]target, len(wc))
+	for i, c := range wc {
+		if c.GetName() == "" {
+			return nil, fmt.Errorf("virtual host %q route %q: weighted cluster without a name (cluster_header is not supported)", vh.GetName(), r.GetName())
+		}
+		ts[i] = target{c.GetName(), uint64(c.GetWeight().GetValue())}
+	}
+	ts, err := checkWeights(ts)
+	if err != nil {
+		return nil, fmt.Errorf("virtual host %q route %q: %w", vh.GetName(), r.GetName(), err)
+	}
+	return ts, nil
+}
+
+func catchAll(m *routev3.RouteMatch) bool {
+	p, ok := m.GetPathSpecifier().(*routev3.RouteMatch_Prefix)
+	return ok && (p.Prefix == "" || p.Prefix == "/") &&
+		len(m.GetHeaders()) == 0 && len(m.GetQueryParameters()) == 0 && len(m.GetCookies()) == 0 &&
+		len(m.GetDynamicMetadata()) == 0 && len(m.GetFilterState()) == 0 &&
+		m.GetRuntimeFraction() == nil && m.GetGrpc() == nil && m.GetTlsContext() == nil
+}
+
+// checkWeights validates weighted clusters and merges repeated names.
+func checkWeights(ts []target) ([]target, error) {
+	var out []target
+	var total uint64
+	for _, t := range ts {
+		if t.weight == 0 {
+			return nil, fmt.Errorf("weighted cluster %q has zero weight", t.cluster)
+		}
+		total += t.weight
+		if total > math.MaxUint32 {
+			return nil, fmt.Errorf("weighted cluster weights overflow uint32 (at cluster %q)", t.cluster)
+		}
+		if i := slices.IndexFunc(out, func(o target) bool { return o.cluster == t.cluster }); i >= 0 {
+			out[i].weight += t.weight
+			continue
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// clusterResult is one cluster, translated once per Translate.
+type clusterResult struct {
+	policy  model.Policy
+	levels  [][]weighted // healthy endpoints by priority, empty levels dropped
+	missing bool         // not in CDS: an error or pending, depending on who names it
+	pending bool         // EDS not arrived yet
+	err     error
+}
+
+type weighted struct {
+	addr netip.AddrPort
+	w    uint64
+}
+
+func (t *translator) cluster(name string) clusterResult {
+	if r, ok := t.clusters[name]; ok {
+		return r
+	}
+	r := t.translateCluster(name)
+	t.clusters[name] = r
+	return r
+}
+
+func (t *translator) translateCluster(name string) clusterResult {
+	c, ok := t.s.Clusters[name]
+	if !ok {
+		return clusterResult{missing: true}
+	}
+	policy, err := lbPolicy(c)
+	if err != nil {
+		return clusterResult{err: fmt.Errorf("cluster %q: %w", name, err)}
+	}
+	if ct := c.GetClusterType(); ct != nil {
+		return clusterResult{err: fmt.Errorf("cluster %q: custom cluster_type %q not supported by onehop", name, ct.GetName())}
+	}
+	var cla *endpointv3.ClusterLoadAssignment
+	switch c.GetType() {
+	case clusterv3.Cluster_EDS:
+		if cla = t.s.Endpoints[edsName(name, c)]; cla == nil {
+			return clusterResult{pending: true} // warming: EDS not arrived yet
+		}
+	case clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS:
+		if cla = c.GetLoadAssignment(); cla == nil {
+			return clusterResult{err: fmt.Errorf("cluster %q: %s cluster without load_assignment", name, c.GetType())}
+		}
+	default:
+		return clusterResult{err: fmt.Errorf("cluster %q: type %s not supported by onehop (use EDS, STATIC or STRICT_DNS with IP addresses)", name, c.GetType())}
+	}
+	levels, err := endpoints(cla)
+	if err != nil {
+		return clusterResult{err: fmt.Errorf("cluster %q: cluster_load_assignment %q: %w", name, cla.GetClusterName(), err)}
+	}
+	return clusterResult{policy: policy, levels: levels}
+}
+
+// Typed load balancing policies onehop can honour, by the type URL of their config.
+var typedPolicies = map[string]model.Policy{
+	"type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin":     model.RoundRobin,
+	"type.googleapis.com/envoy.extensions.load_balancing_policies.random.v3.Random":              model.Random,
+	"type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest": model.Random,
+}
+
+// lbPolicy maps the cluster's policy. Least-request becomes random: the kernel picks at
+// connect() time with no per-endpoint request or connection counts to compare, and random
+// is what least-request degrades to when counts are equal.
+func lbPolicy(c *clusterv3.Cluster) (model.Policy, error) {
+	if lp := c.GetLoadBalancingPolicy(); lp != nil {
+		// Like Envoy, take the first policy in the list that is supported.
+		var names []string
+		for _, p := range lp.GetPolicies() {
+			url := p.GetTypedExtensionConfig().GetTypedConfig().GetTypeUrl()
+			if pol, ok := typedPolicies[url]; ok {
+				return pol, nil
+			}
+			names = append(names, url)
+		}
+		return 0, fmt.Errorf("load_balancing_policy %v not supported by onehop (round_robin, random, least_request are)", names)
+	}
+	switch c.GetLbPolicy() {
+	case clusterv3.Cluster_ROUND_ROBIN:
+		return model.RoundRobin, nil
+	case clusterv3.Cluster_RANDOM, clusterv3.Cluster_LEAST_REQUEST:
+		return model.Random, nil
+	}
+	return 0, fmt.Errorf("lb_policy %s not supported by onehop", c.GetLbPolicy())
+}
+
+// endpoints returns the healthy endpoints by priority, in priority order with empty levels
+// dropped. Locality weights are not used: they only matter for locality-weighted balancing,
+// which onehop does not do.
+func endpoints(cla *endpointv3.ClusterLoadAssignment) ([][]weighted, error) {
+	raw := map[uint32]int{} // endpoints per priority, healthy or not
+	healthy := map[uint32][]weighted{}
+	total := 0
+	for _, loc := range cla.GetEndpoints() {
+		p := loc.GetPriority()
+		for _, lb := range loc.GetLbEndpoints() {
+			total++
+			if raw[p]++; raw[p] > model.MaxSlots {
+				return nil, fmt.Errorf("priority %d has more than %d endpoints", p, model.MaxSlots)
+			}
+			if len(raw) > model.MaxPriorities {
+				return nil, fmt.Errorf("more than %d priority levels", model.MaxPriorities)
+			}
+			addr, err := endpointAddr(lb)
+			if err != nil {
+				return nil, err
+			}
+			w := uint64(1)
+			if lw := lb.GetLoadBalancingWeight(); lw != nil {
+				w = uint64(lw.GetValue())
+			}
+			if w == 0 || w > model.MaxWeight {
+				return nil, fmt.Errorf("endpoint %s has weight %d (zero weight or over %d)", addr, w, model.MaxWeight)
+			}
+			switch lb.GetHealthStatus() {
+			case corev3.HealthStatus_HEALTHY, corev3.HealthStatus_UNKNOWN:
+			default:
+				continue // unhealthy, draining, timed out or degraded: not given new connections
+			}
+			healthy[p] = addWeighted(healthy[p], weighted{addr, w})
+		}
+	}
+	if total == 0 {
+		return nil, errors.New("no endpoints")
+	}
+	var levels [][]weighted
+	for _, p := range slices.Sorted(maps.Keys(healthy)) {
+		levels = append(levels, healthy[p])
+	}
+	return levels, nil
+}
+
+// addWeighted appends e, or adds its weight to the same address already in eps.
+func addWeighted(eps []weighted, e weighted) []weighted {
+	if i := slices.IndexFunc(eps, func(o weighted) bool { return o.addr == e.addr }); i >= 0 {
+		eps[i].w += e.w
+		return eps
+	}
+	return append(eps, e)
+}
+
+func endpointAddr(lb *endpointv3.LbEndpoint) (netip.AddrPort, error) {
+	ep := lb.GetEndpoint()
+	if ep == nil {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q has no address (named endpoints are not supported)", lb.GetEndpointName())
+	}
+	sa := ep.GetAddress().GetSocketAddress()
+	if sa == nil {
+		return netip.AddrPort{}, errors.New("endpoint address is not an IP socket address")
+	}
+	ip, err := parseIP(sa.GetAddress())
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("endpoint address %w", err)
+	}
+	port, err := checkPort(sa.GetPortValue())
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %s: %w", ip, err)
+	}
+	return netip.AddrPortFrom(ip, port), nil
+}
+
+// part is one cluster's endpoints at one level, with the cluster's weight in the service.
+type part struct {
+	cluster string
+	weight  uint64
+	eps     []weighted
+}
+
+// mix merges the parts into one level: endpoint j of cluster i gets
+// weight_i * w_ij / sum_j(w_ij), made integral by scaling with the least common multiple of
+// the clusters' sums, then reduced by the gcd of the results. That is exact; when the exact
+// weights do not fit model.MaxWeight the update is refused rather than approximated.
+func mix(parts []part) ([]model.Endpoint, error) {
+	overflow := func(what string) error {
+		return fmt.Errorf("effective endpoint weights overflow the %d onehop supports at %s (reduce weighted cluster or endpoint weights)", model.MaxWeight, what)
+	}
+	var wg uint64
+	for _, p := range parts {
+		wg = gcd(wg, p.weight)
+	}
+	sums := make([]uint64, len(parts))
+	egs := make([]uint64, len(parts))
+	lcm := uint64(1)
+	for i, p := range parts {
+		for _, e := range p.eps {
+			egs[i] = gcd(egs[i], e.w)
+		}
+		for _, e := range p.eps {
+			sums[i] += e.w / egs[i]
+		}
+		l, ok := mul(lcm/gcd(lcm, sums[i]), sums[i])
+		if !ok {
+			return nil, overflow(fmt.Sprintf("cluster %q", p.cluster))
+		}
+		lcm = l
+	}
+	var merged []weighted
+	for i, p := range parts {
+		for _, e := range p.eps {
+			w, ok1 := mul(p.weight/wg, e.w/egs[i])
+			w, ok2 := mul(w, lcm/sums[i])
+			if !ok1 || !ok2 {
+				return nil, overflow(fmt.Sprintf("cluster %q endpoint %s", p.cluster, e.addr))
+			}
+			j := slices.IndexFunc(merged, func(o weighted) bool { return o.addr == e.addr })
+			switch {
+			case j < 0:
+				merged = append(merged, weighted{e.addr, w})
+			case merged[j].w+w < w:
+				return nil, overflow(fmt.Sprintf("cluster %q endpoint %s", p.cluster, e.addr))
+			default:
+				merged[j].w += w
+			}
+		}
+	}
+	var g uint64
+	for _, e := range merged {
+		g = gcd(g, e.w)
+	}
+	out := make([]model.Endpoint, len(merged))
+	for i, e := range merged {
+		if e.w/g > model.MaxWeight {
+			return nil, overflow(fmt.Sprintf("endpoint %s (weight %d)", e.addr, e.w/g))
+		}
+		out[i] = model.Endpoint{Addr: e.addr, Weight: uint32(e.w / g)}
+	}
+	return out, nil
+}
+
+func mul(a, b uint64) (uint64, bool) {
+	hi, lo := bits.Mul64(a, b)
+	return lo, hi == 0
+}
+
+func gcd(a, b uint64) uint64 {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
