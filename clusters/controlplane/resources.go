@@ -1,0 +1,304 @@
+package controlplane
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/onehop-mesh/onehop/clusters/services"
+	"github.com/onehop-mesh/onehop/dataplane/model"
+)
+
+// DomainSuffix is the cluster domain of service host names, as in Kubernetes and Istio.
+const DomainSuffix = "svc.cluster.local"
+
+// ClusterName is Istio's outbound cluster name of one service port.
+func ClusterName(namespace, name string, port uint16) string {
+	return fmt.Sprintf("outbound|%d||%s.%s.%s", port, name, namespace, DomainSuffix)
+}
+
+// ListenerName is Istio's name of the outbound listener of a port in the VIP's family.
+func ListenerName(vip netip.Addr, port uint16) string {
+	return listenerKey{wildcard(vip), port}.name()
+}
+
+func (k listenerKey) name() string { return fmt.Sprintf("%s_%d", k.wildcard, k.port) }
+
+// RouteName is Istio's name of the RDS route configuration of an HTTP port.
+func RouteName(port uint16) string { return strconv.Itoa(int(port)) }
+
+// IsHTTP reports whether a port is treated as HTTP: Istio's protocol selection by port name.
+func IsHTTP(p services.Port) bool {
+	return p.Protocol == "TCP" && (p.Name == "http" || strings.HasPrefix(p.Name, "http-"))
+}
+
+func wildcard(vip netip.Addr) string {
+	if vip.Is4() {
+		return "0.0.0.0"
+	}
+	return "[::]"
+}
+
+// lbPolicy maps the agent's policies onto Envoy's.
+func lbPolicy(p model.Policy) (clusterv3.Cluster_LbPolicy, error) {
+	switch p {
+	case model.Random:
+		return clusterv3.Cluster_RANDOM, nil
+	case model.RoundRobin:
+		return clusterv3.Cluster_ROUND_ROBIN, nil
+	}
+	return 0, fmt.Errorf("load balancing policy %v has no xDS equivalent; use model.Random or model.RoundRobin", p)
+}
+
+// adsSource points dependent resources (EDS, RDS) back at the ADS stream, as istiod does.
+var adsSource = &corev3.ConfigSource{
+	ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	ResourceApiVersion:    corev3.ApiVersion_V3,
+}
+
+// listenerKey identifies one outbound listener: the wildcard address of a family and a port.
+type listenerKey struct {
+	wildcard string
+	port     uint16
+}
+
+// build translates one store snapshot into a complete xDS snapshot. UDP ports are left out, as
+// istiod does; services without VIPs have nothing to listen on and are skipped.
+func build(snap services.Snapshot, policy model.Policy) (*cachev3.Snapshot, error) {
+	lb, err := lbPolicy(policy)
+	if err != nil {
+		return nil, err
+	}
+	var clusters, endpoints, listeners, routes []types.Resource
+	chains := map[listenerKey][]*listenerv3.FilterChain{}
+	vhosts := map[uint16][]*routev3.VirtualHost{}
+	shortNames := map[uint16]map[string]int{} // how many HTTP services on a port share a short name
+	for _, svc := range snap.Services {
+		for _, p := range svc.Ports {
+			if len(svc.ClusterIPs) > 0 && IsHTTP(p) {
+				if shortNames[p.Port] == nil {
+					shortNames[p.Port] = map[string]int{}
+				}
+				shortNames[p.Port][svc.Name]++
+			}
+		}
+	}
+	for _, svc := range snap.Services {
+		if len(svc.ClusterIPs) == 0 {
+			continue
+		}
+		for _, p := range svc.Ports {
+			if p.Protocol != "TCP" {
+				continue
+			}
+			name := ClusterName(svc.Namespace, svc.Name, p.Port)
+			clusters = append(clusters, &clusterv3.Cluster{
+				Name:                 name,
+				ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+				EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource, ServiceName: name},
+				ConnectTimeout:       durationpb.New(10 * time.Second),
+				LbPolicy:             lb,
+			})
+			endpoints = append(endpoints, loadAssignment(name, svc, p))
+			var filter *listenerv3.Filter
+			if IsHTTP(p) {
+				if filter, err = httpFilter(p.Port); err != nil {
+					return nil, err
+				}
+				unique := shortNames[p.Port][svc.Name] == 1
+				vhosts[p.Port] = append(vhosts[p.Port], virtualHost(svc.Service, p.Port, name, unique))
+			} else if filter, err = tcpFilter(name); err != nil {
+				return nil, err
+			}
+			for _, vip := range svc.ClusterIPs {
+				k := listenerKey{wildcard(vip), p.Port}
+				chains[k] = append(chains[k], &listenerv3.FilterChain{
+					Name: fmt.Sprintf("%s_%d", vip, p.Port),
+					FilterChainMatch: &listenerv3.FilterChainMatch{PrefixRanges: []*corev3.CidrRange{{
+						AddressPrefix: vip.String(),
+						PrefixLen:     wrapperspb.UInt32(uint32(vip.BitLen())),
+					}}},
+					Filters: []*listenerv3.Filter{filter},
+				})
+			}
+		}
+	}
+	for _, k := range sortedKeys(chains, func(a, b listenerKey) int {
+		return cmp.Or(cmp.Compare(a.port, b.port), strings.Compare(a.wildcard, b.wildcard))
+	}) {
+		listeners = append(listeners, outboundListener(k, chains[k]))
+	}
+	for _, port := range sortedKeys(vhosts, cmp.Compare[uint16]) {
+		routes = append(routes, &routev3.RouteConfiguration{
+			Name:             RouteName(port),
+			VirtualHosts:     vhosts[port],
+			ValidateClusters: wrapperspb.Bool(false),
+		})
+	}
+	version := strconv.FormatUint(snap.Version, 10)
+	out, err := cachev3.NewSnapshot(version, map[resourcev3.Type][]types.Resource{
+		resourcev3.ClusterType:  clusters,
+		resourcev3.EndpointType: endpoints,
+		resourcev3.ListenerType: listeners,
+		resourcev3.RouteType:    routes,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("xDS snapshot of store version %s: %w", version, err)
+	}
+	// An inconsistent snapshot would leave ADS clients waiting for resources that never come.
+	if err := out.Consistent(); err != nil {
+		return nil, fmt.Errorf("xDS snapshot of store version %s is inconsistent: %w", version, err)
+	}
+	return out, nil
+}
+
+// loadAssignment lists the service's endpoints at the target port, grouped by node as locality.
+// A dual-stack endpoint carries its address in the primary VIP family and the others as
+// additional addresses, as istiod does, so each listener family finds a same-family backend.
+func loadAssignment(cluster string, svc services.ServiceView, p services.Port) *endpointv3.ClusterLoadAssignment {
+	target := cmp.Or(p.TargetPort, p.Port)
+	byNode := map[string][]*endpointv3.LbEndpoint{}
+	for _, e := range svc.Endpoints {
+		var addrs []*corev3.Address
+		for _, vip := range svc.ClusterIPs {
+			if i := slices.IndexFunc(e.IPs, func(ip netip.Addr) bool { return ip.Is4() == vip.Is4() }); i >= 0 {
+				addrs = append(addrs, socketAddress(e.IPs[i].String(), target))
+			}
+		}
+		if len(addrs) == 0 {
+			continue // the pod has no address any client of this service could reach
+		}
+		ep := &endpointv3.Endpoint{Address: addrs[0]}
+		for _, a := range addrs[1:] {
+			ep.AdditionalAddresses = append(ep.AdditionalAddresses, &endpointv3.Endpoint_AdditionalAddress{Address: a})
+		}
+		health := corev3.HealthStatus_HEALTHY
+		if !e.Ready {
+			health = corev3.HealthStatus_UNHEALTHY
+		}
+		byNode[e.Node] = append(byNode[e.Node], &endpointv3.LbEndpoint{
+			HostIdentifier:      &endpointv3.LbEndpoint_Endpoint{Endpoint: ep},
+			HealthStatus:        health,
+			LoadBalancingWeight: wrapperspb.UInt32(1),
+		})
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
+	for _, node := range sortedKeys(byNode, strings.Compare) {
+		cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{
+			Locality:            &corev3.Locality{Zone: node},
+			LbEndpoints:         byNode[node],
+			LoadBalancingWeight: wrapperspb.UInt32(uint32(len(byNode[node]))),
+			Priority:            0,
+		})
+	}
+	return cla
+}
+
+func socketAddress(ip string, port uint16) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Protocol:      corev3.SocketAddress_TCP,
+		Address:       ip,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+	}}}
+}
+
+// outboundListener is Istio's virtual outbound listener: it does not bind, it only matches
+// connections to the port by destination VIP.
+func outboundListener(k listenerKey, chains []*listenerv3.FilterChain) *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:             k.name(),
+		Address:          socketAddress(strings.Trim(k.wildcard, "[]"), k.port),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		BindToPort:       wrapperspb.Bool(false),
+		FilterChains:     chains,
+	}
+}
+
+func tcpFilter(cluster string) (*listenerv3.Filter, error) {
+	return typedFilter(wellknown.TCPProxy, &tcpproxyv3.TcpProxy{
+		StatPrefix:       cluster,
+		ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+	})
+}
+
+func httpFilter(port uint16) (*listenerv3.Filter, error) {
+	router, err := anypb.New(&routerv3.Router{})
+	if err != nil {
+		return nil, fmt.Errorf("encode HTTP router of port %d: %w", port, err)
+	}
+	return typedFilter(wellknown.HTTPConnectionManager, &hcmv3.HttpConnectionManager{
+		StatPrefix: fmt.Sprintf("outbound_0.0.0.0_%d", port),
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource:    adsSource,
+			RouteConfigName: RouteName(port),
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{{
+			Name:       wellknown.Router,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
+		}},
+	})
+}
+
+func typedFilter(name string, cfg proto.Message) (*listenerv3.Filter, error) {
+	a, err := anypb.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s filter: %w", name, err)
+	}
+	return &listenerv3.Filter{Name: name, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: a}}, nil
+}
+
+// virtualHost routes every path to the service's cluster. The short name is left out when
+// services in several namespaces share it: Envoy rejects a domain twice in one route config.
+func virtualHost(svc services.Service, port uint16, cluster string, uniqueShortName bool) *routev3.VirtualHost {
+	fqdn := fmt.Sprintf("%s.%s.%s", svc.Name, svc.Namespace, DomainSuffix)
+	var domains []string
+	if uniqueShortName {
+		domains = append(domains, svc.Name)
+	}
+	domains = append(domains, svc.Name+"."+svc.Namespace, fqdn)
+	for _, vip := range svc.ClusterIPs {
+		// Host headers bracket IPv6 literals, with or without the port.
+		ap := netip.AddrPortFrom(vip, port).String()
+		domains = append(domains, strings.TrimSuffix(ap, ":"+RouteName(port)), ap)
+	}
+	return &routev3.VirtualHost{
+		Name:    fmt.Sprintf("%s:%d", fqdn, port),
+		Domains: domains,
+		Routes: []*routev3.Route{{
+			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+			}},
+		}},
+	}
+}
+
+func sortedKeys[K comparable, V any](m map[K]V, compare func(a, b K) int) []K {
+	keys := make([]K, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, compare)
+	return keys
+}
