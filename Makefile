@@ -5,7 +5,7 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin/onehop
 # file-or-command:package pairs; a package is installed when its command (or file) is missing.
-DEPS  := ip:iproute2 iptables-restore:iptables ip6tables-restore:iptables sysctl:procps ps:procps \
+DEPS  := ip:iproute2 iptables-restore:iptables ip6tables-restore:iptables sysctl:procps ps:procps nsenter:util-linux \
          clang:clang llvm-strip:llvm bpftool:bpftool /usr/include/bpf/bpf_helpers.h:libbpf-dev
 
 .PHONY: all deps build doctor test lint bench-all bench-latency report down-all
@@ -25,7 +25,7 @@ deps:
 	fi
 
 build:
-	$(GO) build -o $(BIN) ./cmd/onehop
+	$(GO) build -o bin/ ./cmd/onehop ./cmd/onehop-agent
 
 doctor: deps build
 	@$(BIN) doctor

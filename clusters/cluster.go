@@ -6,10 +6,13 @@ package clusters
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os/exec"
+	"syscall"
+	"time"
 
 	"github.com/onehop-mesh/onehop/bench/cpu"
 	"github.com/onehop-mesh/onehop/clusters/services"
@@ -53,6 +56,27 @@ type NodeRunner interface {
 	RunOnNode(ctx context.Context, node string, stdin []byte, argv ...string) ([]byte, error)
 }
 
+// NodeHost is implemented by clusters whose nodes the lab itself runs (the netns cluster): it
+// places node daemons (kube-proxy, the onehop agent, node proxies) the way a hostNetwork
+// DaemonSet would.
+type NodeHost interface {
+	NodeRunner
+	// StartOnNode runs a daemon in the node's network namespace and a cgroup of its own.
+	StartOnNode(ctx context.Context, node string, cmd Command) (*Process, error)
+	// ListenOnNode opens a listening socket in the node's network namespace.
+	ListenOnNode(node, network, address string) (net.Listener, error)
+	// NodeAddresses are the node's own IPs (one per family), reachable from every node.
+	NodeAddresses(node string) []netip.Addr
+	// NodeCgroup is the cgroup v2 directory holding every pod of the node.
+	NodeCgroup(node string) string
+	// NodeBPFDir is a bpffs directory the node's daemons may pin objects in.
+	NodeBPFDir(node string) string
+	// RuntimeDir is a directory for sockets and files of the lab's daemons.
+	RuntimeDir() string
+	// NetnsPath is the path of a pod's network namespace.
+	NetnsPath(pod string) string
+}
+
 // Pod is a created pod.
 type Pod struct {
 	PodSpec
@@ -75,4 +99,22 @@ type Command struct {
 type Process struct {
 	*exec.Cmd
 	LogPath string
+	// Exited is closed when a detached process has exited (it is reaped for the caller).
+	Exited chan struct{}
+}
+
+// Stop ends a detached process: SIGTERM, then SIGKILL if it is still running after grace.
+func (p *Process) Stop(grace time.Duration) error {
+	if p.Exited == nil {
+		return fmt.Errorf("stop pid %d: not a detached process (Wait for it instead)", p.Process.Pid)
+	}
+	p.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.Exited:
+		return nil
+	case <-time.After(grace):
+	}
+	p.Process.Kill()
+	<-p.Exited
+	return fmt.Errorf("pid %d did not exit within %v of SIGTERM and was killed", p.Process.Pid, grace)
 }

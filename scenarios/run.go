@@ -30,34 +30,39 @@ type Runner struct {
 	KeepCluster bool
 }
 
-const (
-	benchNamespace = "bench"
-	clientPod      = "fortio-client"
-	serverPort     = 8080
-)
+const serverPort = 8080
 
-// Spec returns the lab a scenario runs on: a client pod on the first node and, per placement, a
-// service whose server pods sit on the client's node (same-node) or on the second (cross-node).
+// clientPod names a variant's fortio client pod; its namespace is the variant's name.
+func clientPod(variant string) string { return variant + "-client" }
+
+// Spec returns the lab a scenario runs on. Every variant gets a namespace of its own (labelled
+// to enroll it in that variant's data plane) holding a client pod on the first node and, per
+// placement, a service whose server pods sit on the client's node (same-node) or on the second
+// (cross-node). Variants thus share nodes, links and load but never each other's data plane.
 func (s *Scenario) Spec(lab string) clusters.Spec {
-	spec := clusters.Spec{Name: lab, Nodes: s.Cluster.Nodes, IPFamilies: s.Cluster.IPFamilies,
-		Namespaces: []clusters.Namespace{{Name: benchNamespace}}}
-	spec.Pods = append(spec.Pods, clusters.PodSpec{Name: clientPod, Namespace: benchNamespace, Node: "n1",
-		Labels: map[string]string{"app": "fortio-client"}, Component: "client"})
-	for _, pl := range s.Placements {
-		node := "n1"
-		if pl == CrossNode {
-			node = "n2"
+	spec := clusters.Spec{Name: lab, Nodes: s.Cluster.Nodes, IPFamilies: s.Cluster.IPFamilies}
+	for _, name := range s.Variants {
+		v, _ := variants.Get(name)
+		ns := name
+		spec.Namespaces = append(spec.Namespaces, clusters.Namespace{Name: ns, Labels: v.Labels()})
+		spec.Pods = append(spec.Pods, clusters.PodSpec{Name: clientPod(name), Namespace: ns, Node: "n1",
+			Labels: map[string]string{"app": "fortio-client"}, Component: "client"})
+		for _, pl := range s.Placements {
+			node := "n1"
+			if pl == CrossNode {
+				node = "n2"
+			}
+			for i := 0; i < s.Servers; i++ {
+				spec.Pods = append(spec.Pods, clusters.PodSpec{
+					Name: fmt.Sprintf("%s-server-%s-%d", name, pl, i), Namespace: ns, Node: node,
+					Labels: map[string]string{"app": "server-" + pl}, Component: "server",
+					Workload: &clusters.Workload{Kind: "fortio-server", Port: serverPort},
+				})
+			}
+			spec.Services = append(spec.Services, clusters.ServiceDef{Name: "fortio-" + pl, Namespace: ns,
+				Selector: map[string]string{"app": "server-" + pl},
+				Ports:    []clusters.ServicePort{{Name: "http", Port: serverPort, TargetPort: serverPort}}})
 		}
-		for i := 0; i < s.Servers; i++ {
-			spec.Pods = append(spec.Pods, clusters.PodSpec{
-				Name: fmt.Sprintf("server-%s-%d", pl, i), Namespace: benchNamespace, Node: node,
-				Labels: map[string]string{"app": "server-" + pl}, Component: "server",
-				Workload: &clusters.Workload{Kind: "fortio-server", Port: serverPort},
-			})
-		}
-		spec.Services = append(spec.Services, clusters.ServiceDef{Name: "fortio-" + pl, Namespace: benchNamespace,
-			Selector: map[string]string{"app": "server-" + pl},
-			Ports:    []clusters.ServicePort{{Name: "http", Port: serverPort, TargetPort: serverPort}}})
 	}
 	spec.SetDefaults()
 	return spec
@@ -137,7 +142,6 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 		}
 		defer v.Uninstall(context.Background(), c)
 	}
-	driver := &loadgen.Driver{Cluster: c, ClientPod: clientPod, Binary: r.Binary}
 	targets := c.CPUTargets()
 	plan := s.plan()
 	start := time.Now()
@@ -152,7 +156,7 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 		}
 		r.say("[%d/%d] %s %s c=%d keepalive=%v rep %d/%d — elapsed %s, ETA %s", i+1, len(plan), p.variant, p.placement,
 			p.connections, p.keepAlive, p.rep, s.Load.Repetitions, elapsed.Round(time.Second), eta)
-		run, err := r.measure(ctx, c, driver, targets, s, p)
+		run, err := r.measure(ctx, c, targets, s, p)
 		if err != nil {
 			return nil, "", err
 		}
@@ -187,12 +191,13 @@ func (w *cpuWindow) Stop() (err error) {
 	return err
 }
 
-func (r *Runner) measure(ctx context.Context, c clusters.Cluster, d *loadgen.Driver, targets []cpu.Target, s *Scenario, p plannedRun) (bench.Run, error) {
+func (r *Runner) measure(ctx context.Context, c clusters.Cluster, targets []cpu.Target, s *Scenario, p plannedRun) (bench.Run, error) {
 	snap := c.Services().Snapshot()
-	svc, ok := snap.Service(benchNamespace, "fortio-"+p.placement)
+	svc, ok := snap.Service(p.variant, "fortio-"+p.placement)
 	if !ok || len(svc.ClusterIPs) == 0 {
-		return bench.Run{}, fmt.Errorf("service fortio-%s has no cluster IP", p.placement)
+		return bench.Run{}, fmt.Errorf("service %s/fortio-%s has no cluster IP", p.variant, p.placement)
 	}
+	d := &loadgen.Driver{Cluster: c, ClientPod: clientPod(p.variant), Binary: r.Binary}
 	url := "http://" + net.JoinHostPort(svc.ClusterIPs[0].String(), strconv.Itoa(serverPort)) + "/echo"
 	o := loadgen.Options{URL: url, QPS: s.Load.QPS, Connections: p.connections, Duration: s.Load.Duration.D(),
 		Warmup: s.Load.Warmup.D(), KeepAlive: p.keepAlive, PayloadBytes: *s.Load.PayloadBytes,

@@ -195,8 +195,9 @@ func TestScenarioSpec(t *testing.T) {
 	for _, p := range spec.Pods {
 		nodeOf[p.Name] = p.Node
 	}
-	wantNodes := map[string]string{"fortio-client": "n1",
-		"server-same-node-0": "n1", "server-same-node-1": "n1", "server-cross-node-0": "n2", "server-cross-node-1": "n2"}
+	// Each variant has a namespace of its own named after it.
+	wantNodes := map[string]string{"baseline-client": "n1",
+		"baseline-server-same-node-0": "n1", "baseline-server-same-node-1": "n1", "baseline-server-cross-node-0": "n2", "baseline-server-cross-node-1": "n2"}
 	if !reflect.DeepEqual(nodeOf, wantNodes) {
 		t.Errorf("pod placement = %v, want %v", nodeOf, wantNodes)
 	}
@@ -204,7 +205,7 @@ func TestScenarioSpec(t *testing.T) {
 	for _, sv := range spec.Services {
 		svcs = append(svcs, sv.Namespace+"/"+sv.Name+"->"+sv.Selector["app"])
 	}
-	if want := []string{"bench/fortio-same-node->server-same-node", "bench/fortio-cross-node->server-cross-node"}; !slices.Equal(svcs, want) {
+	if want := []string{"baseline/fortio-same-node->server-same-node", "baseline/fortio-cross-node->server-cross-node"}; !slices.Equal(svcs, want) {
 		t.Errorf("services = %v, want %v", svcs, want)
 	}
 }

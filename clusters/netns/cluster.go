@@ -31,8 +31,8 @@ type Cluster struct {
 }
 
 var (
-	_ clusters.Cluster    = (*Cluster)(nil)
-	_ clusters.NodeRunner = (*Cluster)(nil)
+	_ clusters.Cluster  = (*Cluster)(nil)
+	_ clusters.NodeHost = (*Cluster)(nil)
 )
 
 func (c *Cluster) Name() string              { return c.name }
@@ -271,7 +271,12 @@ func (c *Cluster) createPodNet(ctx context.Context, n node, pod clusters.Pod) er
 			fmt.Sprintf("addr add %s/%d dev %s%s", pod.IPs[fi], n.PodCIDRs[fi].Bits(), podIface, f.addrFlags),
 			fmt.Sprintf("route add %s via %s dev %s", f.defaultRoute, n.gateway(fi), podIface))
 	}
-	return ipBatch(ctx, pod.Netns, lines...)
+	if err := ipBatch(ctx, pod.Netns, lines...); err != nil {
+		return err
+	}
+	// A new-connection-per-request run at 1000 QPS leaves ~60,000 sockets a minute in TIME_WAIT;
+	// the default range (28k ports) and no reuse would run a client out of ports.
+	return sysctl(ctx, pod.Netns, "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1")
 }
 
 // DeletePod stops the pod's processes and removes its namespace and cgroup.
@@ -349,7 +354,7 @@ func (c *Cluster) RunOnNode(ctx context.Context, nodeName string, stdin []byte, 
 	if !ok {
 		return nil, fmt.Errorf("no node %q in lab %s", nodeName, c.name)
 	}
-	return run(ctx, stdin, append([]string{"ip", "netns", "exec", n.Netns}, argv...)...)
+	return run(ctx, stdin, append(enter(n.Netns), argv...)...)
 }
 
 // Start runs a process inside a pod: in its network namespace and, from the first instruction,
@@ -391,7 +396,7 @@ func (c *Cluster) start(ctx context.Context, netnsName, cgroup, owner string, cm
 		return nil, err
 	}
 	defer logf.Close()
-	argv := append([]string{"ip", "netns", "exec", netnsName}, cmd.Argv...)
+	argv := append(enter(netnsName), cmd.Argv...)
 	var ex *exec.Cmd
 	if cmd.Detach {
 		ex = exec.Command(argv[0], argv[1:]...)
@@ -408,10 +413,15 @@ func (c *Cluster) start(ctx context.Context, netnsName, cgroup, owner string, cm
 	if err := ex.Start(); err != nil {
 		return nil, fmt.Errorf("start %s in %s: %w", cmd.Name, owner, err)
 	}
+	proc := &clusters.Process{Cmd: ex, LogPath: logPath}
 	if cmd.Detach {
-		go ex.Wait() // reap it if it exits while we run
+		proc.Exited = make(chan struct{})
+		go func() { // reap it if it exits while we run
+			ex.Wait()
+			close(proc.Exited)
+		}()
 	}
-	return &clusters.Process{Cmd: ex, LogPath: logPath}, nil
+	return proc, nil
 }
 
 // startWorkload starts a pod's long-running workload and waits until it accepts connections.
@@ -471,6 +481,43 @@ func (c *Cluster) Listen(podName, network, address string) (net.Listener, error)
 	})
 	return l, err
 }
+
+// ListenOnNode opens a listening socket in a node's network namespace; the caller's goroutines
+// serve it, as a hostNetwork pod on that node would.
+func (c *Cluster) ListenOnNode(nodeName, network, address string) (net.Listener, error) {
+	n, ok := c.node(nodeName)
+	if !ok {
+		return nil, fmt.Errorf("no node %q in lab %s", nodeName, c.name)
+	}
+	var l net.Listener
+	err := inNetns(n.Netns, func() (err error) {
+		l, err = net.Listen(network, address)
+		return err
+	})
+	return l, err
+}
+
+// NodeAddresses returns the node's underlay addresses, primary family first.
+func (c *Cluster) NodeAddresses(nodeName string) []netip.Addr {
+	n, _ := c.node(nodeName)
+	return n.Underlay
+}
+
+// NodeCgroup is the cgroup directory above every pod and daemon of the node.
+func (c *Cluster) NodeCgroup(nodeName string) string {
+	return filepath.Join(c.p.CgroupRoot, prefix(c.name), nodeName)
+}
+
+// NodeBPFDir is the node's bpffs directory; down removes it with the rest of the lab.
+func (c *Cluster) NodeBPFDir(nodeName string) string {
+	return filepath.Join(c.p.BPFRoot, prefix(c.name), nodeName)
+}
+
+// RuntimeDir holds the lab daemons' sockets and files; down removes it.
+func (c *Cluster) RuntimeDir() string { return c.p.labDir(c.name) }
+
+// NetnsPath returns a pod's network namespace path.
+func (c *Cluster) NetnsPath(podName string) string { return netnsPath(podNetns(c.name, podName)) }
 
 // CPUTargets lists every pod and node component cgroup of the lab.
 func (c *Cluster) CPUTargets() []cpu.Target {

@@ -40,8 +40,15 @@ func ipBatch(ctx context.Context, netns string, lines ...string) error {
 
 // sysctl sets kernel parameters inside a network namespace.
 func sysctl(ctx context.Context, netns string, kv ...string) error {
-	_, err := run(ctx, nil, append([]string{"ip", "netns", "exec", netns, "sysctl", "-q", "-w"}, kv...)...)
+	_, err := run(ctx, nil, append(enter(netns), append([]string{"sysctl", "-q", "-w"}, kv...)...)...)
 	return err
+}
+
+// enter prefixes a command so that it runs in a network namespace and nothing else changes.
+// (`ip netns exec` also gives the process a mount namespace with /sys remounted, which hides the
+// cgroup v2 and bpffs mounts that node daemons need.) /proc/sys/net follows the netns.
+func enter(netns string) []string {
+	return []string{"nsenter", "--net=" + netnsPath(netns), "--"}
 }
 
 func netnsExists(name string) bool {

@@ -211,7 +211,7 @@ func TestProcessRunsInPodNetnsAndCgroup(t *testing.T) {
 	}
 	t.Cleanup(func() { proc.Process.Kill(); proc.Wait() })
 	pid := proc.Process.Pid
-	// `ip netns exec` enters the namespace and then execs sleep under the same pid.
+	// nsenter enters the namespace and then execs sleep under the same pid.
 	waitFor(t, func() bool {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 		return strings.TrimSpace(string(b)) == "sleep"

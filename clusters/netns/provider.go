@@ -72,7 +72,7 @@ func Preflight(spec clusters.Spec) error {
 	if os.Geteuid() != 0 {
 		errs = append(errs, errors.New("not root: the netns lab creates network namespaces, veths and cgroups; run it as root (sudo)"))
 	}
-	tools := map[string]string{"ip": "iproute2", "iptables-save": "iptables", "iptables-restore": "iptables", "sysctl": "procps"}
+	tools := map[string]string{"ip": "iproute2", "iptables-save": "iptables", "iptables-restore": "iptables", "sysctl": "procps", "nsenter": "util-linux"}
 	if spec.HasFamily("ipv6") {
 		tools["ip6tables-restore"] = "iptables"
 	}

@@ -73,13 +73,14 @@ type Store struct {
 	version  uint64
 	cidrs    []netip.Prefix // service CIDRs, primary family first
 	services map[string]Service
+	vips     map[netip.Addr]string // VIP -> service key, so allocation is not a scan of services
 	pods     map[string]Pod
 	watchers []chan struct{}
 }
 
 // New returns an empty store that allocates VIPs from the given service CIDRs (one per family).
 func New(serviceCIDRs ...netip.Prefix) *Store {
-	return &Store{cidrs: serviceCIDRs, services: map[string]Service{}, pods: map[string]Pod{}}
+	return &Store{cidrs: serviceCIDRs, services: map[string]Service{}, vips: map[netip.Addr]string{}, pods: map[string]Pod{}}
 }
 
 // UpsertService adds or replaces a service. Missing ClusterIPs are allocated from the service
@@ -114,6 +115,9 @@ func (s *Store) UpsertService(svc Service) (Service, error) {
 		}
 	}
 	s.services[svc.Key()] = svc
+	for _, ip := range svc.ClusterIPs {
+		s.vips[ip] = svc.Key()
+	}
 	s.changed()
 	return svc, nil
 }
@@ -122,7 +126,10 @@ func (s *Store) UpsertService(svc Service) (Service, error) {
 func (s *Store) DeleteService(namespace, name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.services[namespace+"/"+name]; ok {
+	if svc, ok := s.services[namespace+"/"+name]; ok {
+		for _, ip := range svc.ClusterIPs {
+			delete(s.vips, ip)
+		}
 		delete(s.services, namespace+"/"+name)
 		s.changed()
 	}
@@ -170,11 +177,24 @@ func (s *Store) Pods() []Pod {
 func (s *Store) Snapshot() Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Index pods by namespace and label so that matching is linear in pods, not services x pods.
+	type label struct{ ns, k, v string }
+	byLabel := map[label][]Pod{}
+	for _, p := range s.pods {
+		for k, v := range p.Labels {
+			byLabel[label{p.Namespace, k, v}] = append(byLabel[label{p.Namespace, k, v}], p)
+		}
+	}
 	snap := Snapshot{Version: s.version}
 	for _, svc := range s.services {
 		v := ServiceView{Service: svc, Endpoints: []Endpoint{}}
-		for _, p := range s.pods {
-			if p.Namespace == svc.Namespace && selects(svc.Selector, p.Labels) {
+		var candidates []Pod
+		for k, val := range svc.Selector { // any one selector term narrows the candidates
+			candidates = byLabel[label{svc.Namespace, k, val}]
+			break
+		}
+		for _, p := range candidates {
+			if selects(svc.Selector, p.Labels) {
 				v.Endpoints = append(v.Endpoints, Endpoint{Pod: p.Name, Node: p.Node, IPs: p.IPs, Ready: p.Ready})
 			}
 		}
@@ -227,14 +247,7 @@ func selects(selector, labels map[string]string) bool {
 	return true
 }
 
-func (s *Store) vipOwner(ip netip.Addr) string {
-	for k, svc := range s.services {
-		if slices.Contains(svc.ClusterIPs, ip) {
-			return k
-		}
-	}
-	return ""
-}
+func (s *Store) vipOwner(ip netip.Addr) string { return s.vips[ip] }
 
 // allocate returns the lowest free address of cidr, skipping the network address and, in IPv4,
 // the broadcast address.
@@ -283,9 +296,12 @@ func (s *Store) UnmarshalJSON(b []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.version, s.cidrs = st.Version, st.CIDRs
-	s.services, s.pods = map[string]Service{}, map[string]Pod{}
+	s.services, s.vips, s.pods = map[string]Service{}, map[netip.Addr]string{}, map[string]Pod{}
 	for _, svc := range st.Services {
 		s.services[svc.Key()] = svc
+		for _, ip := range svc.ClusterIPs {
+			s.vips[ip] = svc.Key()
+		}
 	}
 	for _, p := range st.Pods {
 		s.pods[p.Name] = p

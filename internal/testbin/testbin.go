@@ -18,8 +18,8 @@ var (
 	bOut []byte
 )
 
-// Onehop returns the path of an onehop binary: $ONEHOP_BIN when set (make test builds it once),
-// otherwise one built from this checkout for the test process.
+// Onehop returns the path of an onehop binary, with onehop-agent beside it: $ONEHOP_BIN when set
+// (make test builds both once), otherwise both built from this checkout for the test process.
 func Onehop(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("ONEHOP_BIN"); p != "" {
@@ -35,11 +35,17 @@ func Onehop(t testing.TB) string {
 			return
 		}
 		path = filepath.Join(dir, "onehop")
-		tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
-		cmd := exec.Command("go", "build", "-o", tmp, "./cmd/onehop")
+		tmp := filepath.Join(dir, fmt.Sprintf("build.%d", os.Getpid()))
+		defer os.RemoveAll(tmp)
+		cmd := exec.Command("go", "build", "-o", tmp+"/", "./cmd/onehop", "./cmd/onehop-agent")
 		cmd.Dir = root
-		if bOut, bErr = cmd.CombinedOutput(); bErr == nil {
-			bErr = os.Rename(tmp, path)
+		if bOut, bErr = cmd.CombinedOutput(); bErr != nil {
+			return
+		}
+		for _, b := range []string{"onehop", "onehop-agent"} {
+			if bErr = os.Rename(filepath.Join(tmp, b), filepath.Join(dir, b)); bErr != nil {
+				return
+			}
 		}
 	})
 	if bErr != nil {

@@ -19,6 +19,8 @@ func (Baseline) Describe() string {
 	return "no mesh: ClusterIP services through kube-proxy-style iptables DNAT in each node (plaintext)"
 }
 
+func (Baseline) Labels() map[string]string { return nil }
+
 // Install checks that every node has the service rules; there is nothing else to deploy.
 func (Baseline) Install(ctx context.Context, c clusters.Cluster) error {
 	nr, ok := c.(clusters.NodeRunner)

@@ -16,6 +16,10 @@ type Variant interface {
 	Name() string
 	// Describe says, for the report, what carries the traffic (proxy and version, encryption).
 	Describe() string
+	// Labels are put on the variant's namespace; they enroll its workloads in the variant's data
+	// plane (for example istio.io/dataplane-mode). Every variant gets a namespace of its own, so
+	// variants installed side by side never carry each other's traffic.
+	Labels() map[string]string
 	Install(ctx context.Context, c clusters.Cluster) error
 	Uninstall(ctx context.Context, c clusters.Cluster) error
 }

@@ -1,0 +1,149 @@
+// Command onehop-agent is the onehop data plane agent: it takes xDS configuration (istiod, or
+// the lab's control plane), programs eBPF maps, and balances service connections in the kernel
+// at connect() time. It runs once per node with host networking.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/onehop-mesh/onehop/dataplane/agent"
+	"github.com/onehop-mesh/onehop/dataplane/datapath"
+	"github.com/onehop-mesh/onehop/dataplane/model"
+	"github.com/onehop-mesh/onehop/dataplane/xds"
+)
+
+// config holds the flags; every flag can also be set by the environment variable named beside it
+// (what a DaemonSet manifest sets).
+type config struct {
+	nodeID, xdsAddr, cgroup, bpffs, metricsAddr, adminSocket, logLevel string
+	delta                                                              bool
+}
+
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+func parseFlags(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("onehop-agent", flag.ContinueOnError)
+	fs.StringVar(&c.nodeID, "node-id", envOr("ONEHOP_NODE_ID", ""), "xDS node id, e.g. the node name [ONEHOP_NODE_ID]")
+	fs.StringVar(&c.xdsAddr, "xds-address", envOr("ONEHOP_XDS_ADDRESS", "istiod.istio-system.svc:15010"), "xDS server host:port (ADS, plaintext gRPC) [ONEHOP_XDS_ADDRESS]")
+	fs.StringVar(&c.cgroup, "cgroup", envOr("ONEHOP_CGROUP", "/sys/fs/cgroup"), "cgroup v2 directory whose processes are served [ONEHOP_CGROUP]")
+	fs.StringVar(&c.bpffs, "bpffs", envOr("ONEHOP_BPFFS", "/sys/fs/bpf/onehop"), "bpffs directory for pinned objects [ONEHOP_BPFFS]")
+	fs.StringVar(&c.metricsAddr, "metrics-address", envOr("ONEHOP_METRICS_ADDRESS", ":15020"), "address of /healthz, /readyz, /metrics; empty disables [ONEHOP_METRICS_ADDRESS]")
+	fs.StringVar(&c.adminSocket, "admin-socket", envOr("ONEHOP_ADMIN_SOCKET", "/run/onehop/agent.sock"), "unix socket of the same API plus /enroll [ONEHOP_ADMIN_SOCKET]")
+	fs.StringVar(&c.logLevel, "log-level", envOr("ONEHOP_LOG_LEVEL", "info"), "debug, info, warn or error [ONEHOP_LOG_LEVEL]")
+	delta, _ := strconv.ParseBool(envOr("ONEHOP_XDS_DELTA", "false"))
+	fs.BoolVar(&c.delta, "delta", delta, "use incremental (Delta) xDS instead of State-of-the-World [ONEHOP_XDS_DELTA]")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if c.nodeID == "" {
+		return c, errors.New("--node-id is required (the node's name, as the control plane knows it)")
+	}
+	return c, nil
+}
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "onehop-agent:", err)
+		os.Exit(2)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
+		fmt.Fprintln(os.Stderr, "onehop-agent: --log-level:", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", cfg.nodeID)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error("exiting", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// How long programming a translated config into the maps takes (the diff apply).
+	applySeconds := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "onehop_agent_apply_duration_seconds",
+		Help:    "Time to program one xDS config into the BPF maps.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)})
+	reg.MustRegister(applySeconds)
+	dpm, err := datapath.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	dp, err := datapath.Load(datapath.Options{Metrics: dpm})
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	if err := dp.Attach(cfg.cgroup); err != nil {
+		return err
+	}
+	log.Info("programs attached", "cgroup", cfg.cgroup)
+
+	client := &xds.Client{Addr: cfg.xdsAddr, NodeID: cfg.nodeID, Delta: cfg.delta, Log: log.With("component", "xds"),
+		Metrics: xds.NewMetrics(reg), Apply: func(c model.Config) error {
+			start := time.Now()
+			st, err := dp.Programmer.Apply(c)
+			applySeconds.Observe(time.Since(start).Seconds())
+			if err == nil {
+				log.Info("programmed", "services", len(c.Services), "took", time.Since(start), "stats", fmt.Sprintf("%+v", st))
+			}
+			return err
+		}}
+	srv := &agent.Server{Enroller: dp.Enrollment, Ready: client.Ready, Healthy: func() error { return nil }, Registry: reg, Log: log}
+	var servers []*http.Server
+	serve := func(l net.Listener) {
+		s := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		servers = append(servers, s)
+		go s.Serve(l)
+	}
+	if cfg.adminSocket != "" {
+		os.Remove(cfg.adminSocket)
+		l, err := net.Listen("unix", cfg.adminSocket)
+		if err != nil {
+			return fmt.Errorf("admin socket %s: %w", cfg.adminSocket, err)
+		}
+		defer os.Remove(cfg.adminSocket)
+		serve(l)
+	}
+	if cfg.metricsAddr != "" {
+		l, err := net.Listen("tcp", cfg.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics address %s: %w", cfg.metricsAddr, err)
+		}
+		serve(l)
+	}
+	log.Info("connecting to the control plane", "xds", cfg.xdsAddr, "delta", cfg.delta)
+	err = client.Run(ctx)
+	for _, s := range servers {
+		s.Close()
+	}
+	if errors.Is(err, context.Canceled) {
+		log.Info("stopping: programs are detached with the agent (pinning arrives with restart support)")
+		return nil
+	}
+	return err
+}

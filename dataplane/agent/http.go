@@ -1,0 +1,114 @@
+// Package agent wires the onehop agent together: the xDS client feeds the kernel datapath, and
+// an HTTP surface reports health, readiness and metrics and takes pod enrollment.
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/onehop-mesh/onehop/dataplane/enrollment"
+)
+
+// Enroller is the part of the datapath that decides which pods it serves.
+type Enroller interface {
+	Enroll(cookie uint64) error
+	Unenroll(cookie uint64) error
+}
+
+// Server is the agent's HTTP surface:
+//
+//	GET  /healthz  200 while the programs are attached
+//	GET  /readyz   200 once the first xDS config is programmed
+//	GET  /metrics  Prometheus metrics
+//	POST /enroll   {"netns": "/run/netns/x"}: serve that pod's connections
+//	DELETE /enroll {"netns": ...}: stop serving them; GET /enroll lists enrolled namespaces
+type Server struct {
+	Enroller Enroller
+	Ready    func() bool
+	Healthy  func() error
+	Registry *prometheus.Registry
+	Log      *slog.Logger
+
+	mu       sync.Mutex
+	enrolled map[string]uint64 // netns path -> cookie
+}
+
+// EnrollRequest is the body of /enroll.
+type EnrollRequest struct {
+	Netns string `json:"netns"`
+}
+
+// Handler returns the HTTP handler.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := s.Healthy(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.Ready() {
+			http.Error(w, "waiting for the first xDS config to be programmed", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("POST /enroll", s.enroll(true))
+	mux.HandleFunc("DELETE /enroll", s.enroll(false))
+	mux.HandleFunc("GET /enroll", func(w http.ResponseWriter, _ *http.Request) {
+		s.mu.Lock()
+		var out []string
+		for ns := range s.enrolled {
+			out = append(out, ns)
+		}
+		s.mu.Unlock()
+		sort.Strings(out)
+		json.NewEncoder(w).Encode(out)
+	})
+	return mux
+}
+
+func (s *Server) enroll(on bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req EnrollRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Netns == "" {
+			http.Error(w, `body must be {"netns": "<path of the pod's network namespace>"}`, http.StatusBadRequest)
+			return
+		}
+		cookie, err := enrollment.Cookie(req.Netns)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.enrolled == nil {
+			s.enrolled = map[string]uint64{}
+		}
+		if on {
+			err = s.Enroller.Enroll(cookie)
+			if err == nil {
+				s.enrolled[req.Netns] = cookie
+			}
+		} else {
+			err = s.Enroller.Unenroll(cookie)
+			delete(s.enrolled, req.Netns)
+		}
+		if err != nil {
+			http.Error(w, fmt.Sprintf("netns %s (cookie %d): %v", req.Netns, cookie, err), http.StatusInternalServerError)
+			return
+		}
+		s.Log.Info("enrollment", "netns", req.Netns, "cookie", cookie, "enrolled", on)
+		fmt.Fprintf(w, "%d\n", cookie)
+	}
+}

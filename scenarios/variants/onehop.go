@@ -1,0 +1,229 @@
+package variants
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/onehop-mesh/onehop/clusters"
+	"github.com/onehop-mesh/onehop/clusters/controlplane"
+	"github.com/onehop-mesh/onehop/dataplane/agent"
+)
+
+// DataplaneModeLabel is the namespace label that enrolls pods, as in Istio ambient and Kmesh.
+const DataplaneModeLabel = "istio.io/dataplane-mode"
+
+// xdsPort is where the lab's control plane listens on the first node (istiod's plaintext port).
+const xdsPort = "15010"
+
+// Onehop runs onehop-agent on every node (in the node's network namespace, like a hostNetwork
+// DaemonSet) fed by the lab's xDS control plane, and enrolls the pods of its namespace: their
+// connections to service VIPs are balanced in the kernel at connect() time, one hop, no proxy.
+type Onehop struct {
+	// AgentBinary is the onehop-agent executable (default: beside this executable, or
+	// $ONEHOP_AGENT_BIN).
+	AgentBinary string
+
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	cpDone chan error
+	agents map[string]*clusters.Process
+}
+
+func init() { Register(&Onehop{}) }
+
+func (*Onehop) Name() string { return "onehop" }
+func (*Onehop) Describe() string {
+	return "onehop-agent: eBPF cgroup/connect4+6 service load balancing programmed over xDS, no proxy (plaintext)"
+}
+func (o *Onehop) Labels() map[string]string { return map[string]string{DataplaneModeLabel: o.Name()} }
+
+// AgentSocket is the unix socket of a node's agent admin API.
+func AgentSocket(h clusters.NodeHost, node string) string {
+	return filepath.Join(h.RuntimeDir(), "agent-"+node+".sock")
+}
+
+func (o *Onehop) agentBinary() (string, error) {
+	if o.AgentBinary != "" {
+		return o.AgentBinary, nil
+	}
+	if p := os.Getenv("ONEHOP_AGENT_BIN"); p != "" {
+		return p, nil
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(filepath.Dir(self), "onehop-agent")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("onehop-agent not found beside %s: run `make build` or set ONEHOP_AGENT_BIN", self)
+	}
+	return p, nil
+}
+
+// Install starts the control plane and the agents, waits until every agent has programmed its
+// first config, and enrolls the variant's pods.
+func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
+	h, ok := c.(clusters.NodeHost)
+	if !ok {
+		return fmt.Errorf("onehop: the %s provider does not run its own nodes; deploy the agent DaemonSet from dataplane/deploy instead", c.Provider())
+	}
+	bin, err := o.agentBinary()
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	defer func() {
+		if err != nil {
+			o.stop()
+		}
+	}()
+	// The control plane is served by this process from a socket in the first node's namespace,
+	// so every node's agent reaches it over the underlay.
+	nodes := c.Spec().NodeNames()
+	cpAddr := net.JoinHostPort(h.NodeAddresses(nodes[0])[0].String(), xdsPort)
+	l, err := h.ListenOnNode(nodes[0], "tcp", cpAddr)
+	if err != nil {
+		return fmt.Errorf("onehop: control plane listener on %s: %w", cpAddr, err)
+	}
+	cpCtx, cancel := context.WithCancel(context.Background())
+	o.cancel, o.cpDone = cancel, make(chan error, 1)
+	cp := controlplane.New(c.Services(), controlplane.Options{Log: slog.Default().With("component", "controlplane")})
+	go func() { o.cpDone <- cp.Serve(cpCtx, l) }()
+
+	o.agents = map[string]*clusters.Process{}
+	for _, node := range nodes {
+		sock := AgentSocket(h, node)
+		os.Remove(sock)
+		argv := []string{bin, "--node-id", node, "--xds-address", cpAddr, "--cgroup", h.NodeCgroup(node),
+			"--bpffs", h.NodeBPFDir(node), "--admin-socket", sock, "--metrics-address", ":15020"}
+		p, err := h.StartOnNode(ctx, node, clusters.Command{Name: "onehop-agent", Argv: argv, Detach: true})
+		if err != nil {
+			return fmt.Errorf("onehop: start agent on %s: %w", node, err)
+		}
+		o.agents[node] = p
+	}
+	for node, p := range o.agents {
+		if err := waitReady(ctx, AgentSocket(h, node), p); err != nil {
+			return fmt.Errorf("onehop: agent on node %s: %w", node, err)
+		}
+	}
+	return o.enrollPods(ctx, c, h, true)
+}
+
+// enrollPods enrolls (or unenrolls) every pod of the namespaces labelled for this variant.
+func (o *Onehop) enrollPods(ctx context.Context, c clusters.Cluster, h clusters.NodeHost, on bool) error {
+	labelled := map[string]bool{}
+	for _, ns := range c.Spec().Namespaces {
+		if ns.Labels[DataplaneModeLabel] == o.Name() {
+			labelled[ns.Name] = true
+		}
+	}
+	var errs []error
+	for _, pod := range c.Pods() {
+		if labelled[pod.Namespace] {
+			errs = append(errs, Enroll(ctx, AgentSocket(h, pod.Node), h.NetnsPath(pod.Name), on))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Uninstall stops the agents (they detach their programs) and the control plane.
+func (o *Onehop) Uninstall(ctx context.Context, c clusters.Cluster) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.stop()
+}
+
+func (o *Onehop) stop() error {
+	var errs []error
+	for node, p := range o.agents {
+		if err := p.Stop(10 * time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("agent on %s: %w", node, err))
+		}
+	}
+	o.agents = nil
+	if o.cancel != nil {
+		o.cancel()
+		<-o.cpDone
+		o.cancel = nil
+	}
+	return errors.Join(errs...)
+}
+
+// adminClient talks HTTP to an agent over its unix socket.
+func adminClient(sock string) *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+}
+
+// Enroll asks a node's agent to serve (or stop serving) the pod whose network namespace is netns.
+func Enroll(ctx context.Context, sock, netns string, on bool) error {
+	body, _ := json.Marshal(agent.EnrollRequest{Netns: netns})
+	method := http.MethodPost
+	if !on {
+		method = http.MethodDelete
+	}
+	req, _ := http.NewRequestWithContext(ctx, method, "http://agent/enroll", bytes.NewReader(body))
+	resp, err := adminClient(sock).Do(req)
+	if err != nil {
+		return fmt.Errorf("enroll %s via %s: %w", netns, sock, err)
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("enroll %s: %s: %s", netns, resp.Status, strings.TrimSpace(string(msg)))
+	}
+	return nil
+}
+
+// waitReady polls the agent's /readyz until it has programmed its first config.
+func waitReady(ctx context.Context, sock string, p *clusters.Process) error {
+	deadline := time.Now().Add(30 * time.Second)
+	client := adminClient(sock)
+	last := "no answer"
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.Exited:
+			return fmt.Errorf("exited before it was ready; log %s:\n%s", p.LogPath, logTail(p.LogPath))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/readyz", nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return nil
+		}
+		last = strings.TrimSpace(string(b))
+	}
+	return fmt.Errorf("not ready after 30s (%s); log %s:\n%s", last, p.LogPath, logTail(p.LogPath))
+}
+
+func logTail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}

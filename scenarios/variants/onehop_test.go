@@ -1,0 +1,217 @@
+package variants
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/onehop-mesh/onehop/clusters"
+	"github.com/onehop-mesh/onehop/clusters/netns"
+	"github.com/onehop-mesh/onehop/internal/testbin"
+)
+
+// onehopLab brings up a lab with an enrolled namespace (onehop) and a plain one (plain), each
+// with a client on n1 and a 2-endpoint service "web" (one endpoint per node), installs the
+// onehop variant and tears everything down at the end.
+func onehopLab(t *testing.T) (*netns.Cluster, *Onehop) {
+	t.Helper()
+	testbin.RequireRoot(t)
+	bin := testbin.Onehop(t)
+	p, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Binary = bin
+	b := make([]byte, 4)
+	rand.Read(b)
+	name := fmt.Sprintf("tv%x", b)
+	t.Cleanup(func() { p.Down(context.Background(), name) })
+	web := map[string]string{"app": "web"}
+	spec := clusters.Spec{Name: name, Namespaces: []clusters.Namespace{
+		{Name: "onehop", Labels: map[string]string{DataplaneModeLabel: "onehop"}}, {Name: "plain"}}}
+	for _, ns := range []string{"onehop", "plain"} {
+		spec.Pods = append(spec.Pods,
+			clusters.PodSpec{Name: ns + "-client", Namespace: ns, Node: "n1"},
+			clusters.PodSpec{Name: ns + "-web-1", Namespace: ns, Node: "n1", Labels: web, Workload: &clusters.Workload{Kind: "fortio-server"}},
+			clusters.PodSpec{Name: ns + "-web-2", Namespace: ns, Node: "n2", Labels: web, Workload: &clusters.Workload{Kind: "fortio-server"}})
+		spec.Services = append(spec.Services, clusters.ServiceDef{Name: "web", Namespace: ns, Selector: web,
+			Ports: []clusters.ServicePort{{Name: "http", Port: 80, TargetPort: 8080}}})
+	}
+	c, err := p.Up(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	v := &Onehop{AgentBinary: bin + "-agent"}
+	if err := v.Install(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := v.Uninstall(context.Background(), c); err != nil {
+			t.Errorf("uninstall: %v", err)
+		}
+	})
+	return c.(*netns.Cluster), v
+}
+
+// get runs one HTTP request from a client pod (a real process in the pod's netns and cgroup,
+// where the agent's programs apply) and returns the serving pod's hostname header and the peer
+// address curl saw.
+func get(t *testing.T, c *netns.Cluster, pod, url string) (status, peer string) {
+	t.Helper()
+	var out strings.Builder
+	proc, err := c.Start(context.Background(), pod, clusters.Command{Name: "curl",
+		Argv: []string{"curl", "-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code} %{remote_ip}:%{remote_port}", url}, Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc.Wait()
+	f := strings.Fields(out.String())
+	if len(f) != 2 {
+		return out.String(), ""
+	}
+	return f[0], f[1]
+}
+
+func vip(t *testing.T, c *netns.Cluster, ns string) string {
+	svc, ok := c.Services().Snapshot().Service(ns, "web")
+	if !ok {
+		t.Fatalf("no service %s/web", ns)
+	}
+	return svc.ClusterIPs[0].String()
+}
+
+// natPackets sums the packet counters of the kube-proxy-style service chain for a VIP on n1.
+func natPackets(t *testing.T, c *netns.Cluster, vip string) int {
+	out, err := c.RunOnNode(context.Background(), "n1", nil, "iptables", "-w", "-t", "nat", "-L", "ONEHOP-SERVICES", "-n", "-v", "-x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	re := regexp.MustCompile(`^\s*(\d+)\s+\d+\s+ONEHOP-SVC-\S+.*\s` + regexp.QuoteMeta(vip) + `\s`)
+	for _, line := range strings.Split(string(out), "\n") {
+		if m := re.FindStringSubmatch(line); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			total += n
+		}
+	}
+	return total
+}
+
+func TestOnehopBalancesInTheKernelOneHop(t *testing.T) {
+	c, _ := onehopLab(t)
+	enrolledVIP, plainVIP := vip(t, c, "onehop"), vip(t, c, "plain")
+	for i := 0; i < 10; i++ {
+		status, peer := get(t, c, "onehop-client", "http://"+enrolledVIP+"/echo")
+		if status != "200" {
+			t.Fatalf("enrolled client -> %s: status %q", enrolledVIP, status)
+		}
+		// getpeername is rewritten back: the application sees the VIP, not the endpoint.
+		if peer != enrolledVIP+":80" {
+			t.Errorf("enrolled client saw peer %s, want the VIP %s:80", peer, enrolledVIP)
+		}
+	}
+	// One hop: the enrolled client's packets never met the service's NAT rules.
+	if n := natPackets(t, c, enrolledVIP); n != 0 {
+		t.Errorf("%d packets of the enrolled client's service went through iptables service NAT", n)
+	}
+	// A pod of an unenrolled namespace is untouched: it still goes through kube-proxy rules.
+	for i := 0; i < 5; i++ {
+		if status, _ := get(t, c, "plain-client", "http://"+plainVIP+"/echo"); status != "200" {
+			t.Fatalf("plain client: status %q", status)
+		}
+	}
+	if n := natPackets(t, c, plainVIP); n < 5 {
+		t.Errorf("unenrolled client's service saw %d NAT packets, want >= 5 (it must use the baseline path)", n)
+	}
+}
+
+func TestOnehopEnrollmentTogglesWithoutRestart(t *testing.T) {
+	c, _ := onehopLab(t)
+	v := vip(t, c, "onehop")
+	sock := AgentSocket(c, "n1")
+	before := natPackets(t, c, v)
+	if err := Enroll(context.Background(), sock, c.NetnsPath("onehop-client"), false); err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := get(t, c, "onehop-client", "http://"+v+"/echo"); status != "200" {
+		t.Fatalf("after unenroll: status %q", status)
+	}
+	if n := natPackets(t, c, v); n <= before {
+		t.Errorf("unenrolled client did not fall back to iptables (NAT packets %d -> %d)", before, n)
+	}
+	if err := Enroll(context.Background(), sock, c.NetnsPath("onehop-client"), true); err != nil {
+		t.Fatal(err)
+	}
+	mid := natPackets(t, c, v)
+	if status, _ := get(t, c, "onehop-client", "http://"+v+"/echo"); status != "200" {
+		t.Fatalf("after re-enroll: status %q", status)
+	}
+	if n := natPackets(t, c, v); n != mid {
+		t.Errorf("re-enrolled client went through iptables again (NAT packets %d -> %d)", mid, n)
+	}
+}
+
+func TestOnehopFollowsEndpointChanges(t *testing.T) {
+	c, _ := onehopLab(t)
+	ctx := context.Background()
+	v := vip(t, c, "onehop")
+	url := "http://" + v + "/echo"
+	if status, _ := get(t, c, "onehop-client", url); status != "200" {
+		t.Fatalf("before the change: status %q", status)
+	}
+	// Replace both endpoints with one new pod. Until the agent follows, connections go to the
+	// removed pods and fail; afterwards every one must succeed, through the kernel (the
+	// service's iptables NAT counters stay at zero, so the baseline path never served them).
+	web := map[string]string{"app": "web"}
+	if _, err := c.CreatePod(ctx, clusters.PodSpec{Name: "onehop-web-3", Namespace: "onehop", Node: "n2", Labels: web,
+		Workload: &clusters.Workload{Kind: "fortio-server"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"onehop-web-1", "onehop-web-2"} {
+		if err := c.DeletePod(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	changed := time.Now()
+	for {
+		status, _ := get(t, c, "onehop-client", url)
+		if status == "200" {
+			break
+		}
+		if time.Since(changed) > time.Second {
+			t.Fatalf("new connections did not follow the endpoint change within 1s (last status %q)", status)
+		}
+	}
+	t.Logf("followed after %v", time.Since(changed))
+	for i := 0; i < 20; i++ {
+		if status, _ := get(t, c, "onehop-client", url); status != "200" {
+			t.Fatalf("connection %d after the change: status %q (sent to a removed endpoint?)", i, status)
+		}
+	}
+	if n := natPackets(t, c, v); n != 0 {
+		t.Errorf("%d packets went through iptables service NAT: the kernel did not balance them", n)
+	}
+}
+
+func TestOnehopAgentMetrics(t *testing.T) {
+	c, _ := onehopLab(t)
+	get(t, c, "onehop-client", "http://"+vip(t, c, "onehop")+"/echo")
+	resp, err := adminClient(AgentSocket(c, "n1")).Get("http://agent/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{"onehop_agent_programmed_services 2", "onehop_agent_xds_updates_total", "onehop_agent_map_operations_total"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
