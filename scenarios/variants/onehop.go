@@ -90,18 +90,11 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 			o.stop()
 		}
 	}()
-	// The control plane is served by this process from a socket in the first node's namespace,
-	// so every node's agent reaches it over the underlay.
-	nodes := c.Spec().NodeNames()
-	cpAddr := net.JoinHostPort(h.NodeAddresses(nodes[0])[0].String(), xdsPort)
-	l, err := h.ListenOnNode(nodes[0], "tcp", cpAddr)
+	cpAddr, err := o.startControlPlane(c, h)
 	if err != nil {
-		return fmt.Errorf("onehop: control plane listener on %s: %w", cpAddr, err)
+		return err
 	}
-	cpCtx, cancel := context.WithCancel(context.Background())
-	o.cancel, o.cpDone = cancel, make(chan error, 1)
-	cp := controlplane.New(c.Services(), controlplane.Options{Log: slog.Default().With("component", "controlplane")})
-	go func() { o.cpDone <- cp.Serve(cpCtx, l) }()
+	nodes := c.Spec().NodeNames()
 
 	o.agents = map[string]*clusters.Process{}
 	for _, node := range nodes {
@@ -121,6 +114,31 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 		}
 	}
 	return o.enrollPods(ctx, c, h, true)
+}
+
+// startControlPlane serves the lab's xDS from a socket in the first node's namespace, so every
+// node's agent reaches it over the underlay, as it would reach istiod.
+func (o *Onehop) startControlPlane(c clusters.Cluster, h clusters.NodeHost) (string, error) {
+	first := c.Spec().NodeNames()[0]
+	addr := net.JoinHostPort(h.NodeAddresses(first)[0].String(), xdsPort)
+	l, err := h.ListenOnNode(first, "tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("onehop: control plane listener on %s: %w", addr, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	o.cancel, o.cpDone = cancel, make(chan error, 1)
+	cp := controlplane.New(c.Services(), controlplane.Options{Log: slog.Default().With("component", "controlplane")})
+	go func() { o.cpDone <- cp.Serve(ctx, l) }()
+	return addr, nil
+}
+
+// stopControlPlane stops serving xDS; the agents keep what they programmed.
+func (o *Onehop) stopControlPlane() {
+	if o.cancel != nil {
+		o.cancel()
+		<-o.cpDone
+		o.cancel = nil
+	}
 }
 
 // enrollPods enrolls (or unenrolls) every pod of the namespaces labelled for this variant.
@@ -155,11 +173,7 @@ func (o *Onehop) stop() error {
 		}
 	}
 	o.agents = nil
-	if o.cancel != nil {
-		o.cancel()
-		<-o.cpDone
-		o.cancel = nil
-	}
+	o.stopControlPlane()
 	return errors.Join(errs...)
 }
 

@@ -215,3 +215,55 @@ func TestOnehopAgentMetrics(t *testing.T) {
 		}
 	}
 }
+
+// Control plane down: traffic keeps flowing on what the agents programmed. Control plane back
+// with a change made meanwhile: the agents resync and follow it.
+func TestOnehopSurvivesControlPlaneRestart(t *testing.T) {
+	c, v := onehopLab(t)
+	ctx := context.Background()
+	url := "http://" + vip(t, c, "onehop") + "/echo"
+	v.stopControlPlane()
+	for i := 0; i < 10; i++ {
+		if status, _ := get(t, c, "onehop-client", url); status != "200" {
+			t.Fatalf("request %d with the control plane down: status %q", i, status)
+		}
+	}
+	// While it is down, replace the endpoints (the kube-proxy rules follow at once; the agents
+	// cannot until the control plane is back, so connections to the old pods would fail).
+	web := map[string]string{"app": "web"}
+	if _, err := c.CreatePod(ctx, clusters.PodSpec{Name: "onehop-web-3", Namespace: "onehop", Node: "n2", Labels: web,
+		Workload: &clusters.Workload{Kind: "fortio-server"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"onehop-web-1", "onehop-web-2"} {
+		if err := c.DeletePod(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v.mu.Lock()
+	_, err := v.startControlPlane(c, c)
+	v.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agents reconnect with backoff (at most a few seconds) and resync.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		status, _ := get(t, c, "onehop-client", url)
+		if status == "200" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agents did not resync within 15s of the control plane's return (status %q)", status)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for i := 0; i < 10; i++ {
+		if status, _ := get(t, c, "onehop-client", url); status != "200" {
+			t.Fatalf("after resync, request %d: status %q", i, status)
+		}
+	}
+	if n := natPackets(t, c, vip(t, c, "onehop")); n != 0 {
+		t.Errorf("%d packets took the iptables path: traffic did not stay in the kernel data plane", n)
+	}
+}
