@@ -3,7 +3,9 @@ package controlplane
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,7 +21,6 @@ import (
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -83,94 +84,298 @@ type listenerKey struct {
 	port     uint16
 }
 
-// build translates one store snapshot into a complete xDS snapshot. UDP ports are left out, as
-// istiod does; services without VIPs have nothing to listen on and are skipped.
+// build translates one store snapshot into a complete xDS snapshot.
 func build(snap services.Snapshot, policy model.Policy) (*cachev3.Snapshot, error) {
+	b, err := newBuilder(policy)
+	if err != nil {
+		return nil, err
+	}
+	return b.apply(services.Changes{Version: snap.Version, All: true, Services: snap.Services})
+}
+
+// builder keeps every service's xDS resources between store versions, so a change rebuilds and
+// rehashes only the services it touched: an endpoint change costs one load assignment, not
+// 10,000. UDP ports are left out, as istiod does; services without VIPs have nothing to listen
+// on and are skipped.
+type builder struct {
+	lb       clusterv3.Cluster_LbPolicy
+	services map[string]*built // by service key
+	// The last published resources and delta versions per type. Published maps are shared with
+	// the cache and never written again: apply writes changed types to copies.
+	items    [types.UnknownType]map[string]types.ResourceWithTTL
+	versions [types.UnknownType]map[string]string
+}
+
+// built is what one service contributes to the snapshot.
+type built struct {
+	svc       services.Service // the definition the resources were built from
+	clusters  []versioned
+	endpoints []versioned
+	chains    map[listenerKey][]*listenerv3.FilterChain
+	http      []httpPort
+}
+
+type httpPort struct {
+	port    uint16
+	cluster string
+}
+
+// versioned is a resource with its delta xDS version: the hash go-control-plane would compute,
+// computed once when the resource is built instead of for every resource on every change.
+type versioned struct {
+	name    string
+	res     types.Resource
+	version string
+}
+
+func newVersioned(res types.Resource) (versioned, error) {
+	name := cachev3.GetResourceName(res)
+	b, err := cachev3.MarshalResource(res)
+	if err != nil {
+		return versioned{}, fmt.Errorf("encode %s: %w", name, err)
+	}
+	return versioned{name: name, res: res, version: cachev3.HashResource(b)}, nil
+}
+
+func newBuilder(policy model.Policy) (*builder, error) {
 	lb, err := lbPolicy(policy)
 	if err != nil {
 		return nil, err
 	}
-	var clusters, endpoints, listeners, routes []types.Resource
-	chains := map[listenerKey][]*listenerv3.FilterChain{}
-	vhosts := map[uint16][]*routev3.VirtualHost{}
-	shortNames := map[uint16]map[string]int{} // how many HTTP services on a port share a short name
-	for _, svc := range snap.Services {
-		for _, p := range svc.Ports {
-			if len(svc.ClusterIPs) > 0 && IsHTTP(p) {
-				if shortNames[p.Port] == nil {
-					shortNames[p.Port] = map[string]int{}
-				}
-				shortNames[p.Port][svc.Name]++
-			}
+	b := &builder{lb: lb, services: map[string]*built{}}
+	for t := range b.items {
+		b.items[t], b.versions[t] = map[string]types.ResourceWithTTL{}, map[string]string{}
+	}
+	return b, nil
+}
+
+// apply brings the builder to the store's changes and returns the complete snapshot. On error
+// the builder is left as it was, so the same changes can be applied again.
+func (b *builder) apply(c services.Changes) (*cachev3.Snapshot, error) {
+	version := strconv.FormatUint(c.Version, 10)
+	gone := c.Deleted
+	if c.All {
+		gone = slices.Collect(maps.Keys(b.services))
+	}
+	next := map[string]*built{} // rebuilt services; nil for removed ones
+	for _, key := range gone {
+		next[key] = nil
+	}
+	defined := false // whether any definition changed, and with it clusters, listeners or routes
+	for _, v := range c.Services {
+		old := b.services[v.Key()]
+		var (
+			nb  *built
+			err error
+		)
+		if old != nil && reflect.DeepEqual(old.svc, v.Service) {
+			nb = &built{svc: old.svc, clusters: old.clusters, chains: old.chains, http: old.http}
+			nb.endpoints, err = b.loadAssignments(v)
+		} else {
+			defined = true
+			nb, err = b.service(v)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("xDS resources of service %s at store version %s: %w", v.Key(), version, err)
+		}
+		next[v.Key()] = nb
+	}
+	for key := range next {
+		if _, ok := b.services[key]; !ok && next[key] == nil {
+			delete(next, key) // deleted before this builder knew it
+		} else if next[key] == nil {
+			defined = true
 		}
 	}
-	for _, svc := range snap.Services {
-		if len(svc.ClusterIPs) == 0 {
+
+	// Work on copies of the changed types; commit only once everything is built.
+	items, versions := b.items, b.versions
+	copyType := func(t types.ResponseType) {
+		items[t], versions[t] = maps.Clone(b.items[t]), maps.Clone(b.versions[t])
+	}
+	set := func(t types.ResponseType, old, cur []versioned) {
+		for _, r := range old {
+			delete(items[t], r.name)
+			delete(versions[t], r.name)
+		}
+		for _, r := range cur {
+			items[t][r.name] = types.ResourceWithTTL{Resource: r.res}
+			versions[t][r.name] = r.version
+		}
+	}
+	copyType(types.Endpoint)
+	if defined {
+		copyType(types.Cluster)
+	}
+	for key, nb := range next {
+		var old, cur built
+		if b.services[key] != nil {
+			old = *b.services[key]
+		}
+		if nb != nil {
+			cur = *nb
+		}
+		set(types.Endpoint, old.endpoints, cur.endpoints)
+		if defined {
+			set(types.Cluster, old.clusters, cur.clusters)
+		}
+	}
+	all := b.services
+	if defined {
+		all = maps.Clone(b.services)
+		for key, nb := range next {
+			if nb == nil {
+				delete(all, key)
+			} else {
+				all[key] = nb
+			}
+		}
+		listeners, routes, err := b.listenersAndRoutes(all)
+		if err != nil {
+			return nil, fmt.Errorf("xDS snapshot of store version %s: %w", version, err)
+		}
+		items[types.Listener], versions[types.Listener] = map[string]types.ResourceWithTTL{}, map[string]string{}
+		items[types.Route], versions[types.Route] = map[string]types.ResourceWithTTL{}, map[string]string{}
+		set(types.Listener, nil, listeners)
+		set(types.Route, nil, routes)
+	}
+
+	out := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
+	for t := range out.Resources {
+		typeURL, err := cachev3.GetResponseTypeURL(types.ResponseType(t))
+		if err != nil {
+			return nil, err
+		}
+		out.Resources[t] = cachev3.Resources{Version: version, Items: items[t]}
+		out.VersionMap[typeURL] = versions[t]
+	}
+	// An inconsistent snapshot would leave ADS clients waiting for resources that never come.
+	// Only definitions change which resources reference which.
+	if defined {
+		if err := out.Consistent(); err != nil {
+			return nil, fmt.Errorf("xDS snapshot of store version %s is inconsistent: %w", version, err)
+		}
+	} else {
+		maps.Copy(all, next) // no service came or went: next holds only rebuilt ones
+	}
+	b.services, b.items, b.versions = all, items, versions
+	return out, nil
+}
+
+// service builds the clusters, load assignments and filter chains of one service.
+func (b *builder) service(svc services.ServiceView) (*built, error) {
+	out := &built{svc: svc.Service, chains: map[listenerKey][]*listenerv3.FilterChain{}}
+	if len(svc.ClusterIPs) == 0 {
+		return out, nil
+	}
+	var err error
+	if out.endpoints, err = b.loadAssignments(svc); err != nil {
+		return nil, err
+	}
+	for _, p := range svc.Ports {
+		if p.Protocol != "TCP" {
 			continue
 		}
-		for _, p := range svc.Ports {
-			if p.Protocol != "TCP" {
-				continue
-			}
-			name := ClusterName(svc.Namespace, svc.Name, p.Port)
-			clusters = append(clusters, &clusterv3.Cluster{
-				Name:                 name,
-				ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
-				EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource, ServiceName: name},
-				ConnectTimeout:       durationpb.New(10 * time.Second),
-				LbPolicy:             lb,
-			})
-			endpoints = append(endpoints, loadAssignment(name, svc, p))
-			var filter *listenerv3.Filter
-			if IsHTTP(p) {
-				if filter, err = httpFilter(p.Port); err != nil {
-					return nil, err
-				}
-				unique := shortNames[p.Port][svc.Name] == 1
-				vhosts[p.Port] = append(vhosts[p.Port], virtualHost(svc.Service, p.Port, name, unique))
-			} else if filter, err = tcpFilter(name); err != nil {
+		name := ClusterName(svc.Namespace, svc.Name, p.Port)
+		cluster, err := newVersioned(&clusterv3.Cluster{
+			Name:                 name,
+			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+			EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource, ServiceName: name},
+			ConnectTimeout:       durationpb.New(10 * time.Second),
+			LbPolicy:             b.lb,
+		})
+		if err != nil {
+			return nil, err
+		}
+		out.clusters = append(out.clusters, cluster)
+		var filter *listenerv3.Filter
+		if IsHTTP(p) {
+			if filter, err = httpFilter(p.Port); err != nil {
 				return nil, err
 			}
-			for _, vip := range svc.ClusterIPs {
-				k := listenerKey{wildcard(vip), p.Port}
-				chains[k] = append(chains[k], &listenerv3.FilterChain{
-					Name: fmt.Sprintf("%s_%d", vip, p.Port),
-					FilterChainMatch: &listenerv3.FilterChainMatch{PrefixRanges: []*corev3.CidrRange{{
-						AddressPrefix: vip.String(),
-						PrefixLen:     wrapperspb.UInt32(uint32(vip.BitLen())),
-					}}},
-					Filters: []*listenerv3.Filter{filter},
-				})
+			out.http = append(out.http, httpPort{p.Port, name})
+		} else if filter, err = tcpFilter(name); err != nil {
+			return nil, err
+		}
+		for _, vip := range svc.ClusterIPs {
+			k := listenerKey{wildcard(vip), p.Port}
+			out.chains[k] = append(out.chains[k], &listenerv3.FilterChain{
+				Name: fmt.Sprintf("%s_%d", vip, p.Port),
+				FilterChainMatch: &listenerv3.FilterChainMatch{PrefixRanges: []*corev3.CidrRange{{
+					AddressPrefix: vip.String(),
+					PrefixLen:     wrapperspb.UInt32(uint32(vip.BitLen())),
+				}}},
+				Filters: []*listenerv3.Filter{filter},
+			})
+		}
+	}
+	return out, nil
+}
+
+// loadAssignments builds the load assignments of a service's TCP ports.
+func (b *builder) loadAssignments(svc services.ServiceView) ([]versioned, error) {
+	if len(svc.ClusterIPs) == 0 {
+		return nil, nil
+	}
+	var out []versioned
+	for _, p := range svc.Ports {
+		if p.Protocol != "TCP" {
+			continue
+		}
+		cla, err := newVersioned(loadAssignment(ClusterName(svc.Namespace, svc.Name, p.Port), svc, p))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, cla)
+	}
+	return out, nil
+}
+
+// listenersAndRoutes assembles the listeners and route configurations from every service's
+// filter chains and HTTP ports, in the order of service keys.
+func (b *builder) listenersAndRoutes(all map[string]*built) (listeners, routes []versioned, err error) {
+	keys := slices.Sorted(maps.Keys(all))
+	chains := map[listenerKey][]*listenerv3.FilterChain{}
+	shortNames := map[uint16]map[string]int{} // how many HTTP services on a port share a short name
+	for _, key := range keys {
+		for k, cs := range all[key].chains {
+			chains[k] = append(chains[k], cs...)
+		}
+		for _, h := range all[key].http {
+			if shortNames[h.port] == nil {
+				shortNames[h.port] = map[string]int{}
 			}
+			shortNames[h.port][all[key].svc.Name]++
+		}
+	}
+	vhosts := map[uint16][]*routev3.VirtualHost{}
+	for _, key := range keys {
+		for _, h := range all[key].http {
+			svc := all[key].svc
+			vhosts[h.port] = append(vhosts[h.port], virtualHost(svc, h.port, h.cluster, shortNames[h.port][svc.Name] == 1))
 		}
 	}
 	for _, k := range sortedKeys(chains, func(a, b listenerKey) int {
 		return cmp.Or(cmp.Compare(a.port, b.port), strings.Compare(a.wildcard, b.wildcard))
 	}) {
-		listeners = append(listeners, outboundListener(k, chains[k]))
+		l, err := newVersioned(outboundListener(k, chains[k]))
+		if err != nil {
+			return nil, nil, err
+		}
+		listeners = append(listeners, l)
 	}
 	for _, port := range sortedKeys(vhosts, cmp.Compare[uint16]) {
-		routes = append(routes, &routev3.RouteConfiguration{
+		r, err := newVersioned(&routev3.RouteConfiguration{
 			Name:             RouteName(port),
 			VirtualHosts:     vhosts[port],
 			ValidateClusters: wrapperspb.Bool(false),
 		})
+		if err != nil {
+			return nil, nil, err
+		}
+		routes = append(routes, r)
 	}
-	version := strconv.FormatUint(snap.Version, 10)
-	out, err := cachev3.NewSnapshot(version, map[resourcev3.Type][]types.Resource{
-		resourcev3.ClusterType:  clusters,
-		resourcev3.EndpointType: endpoints,
-		resourcev3.ListenerType: listeners,
-		resourcev3.RouteType:    routes,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("xDS snapshot of store version %s: %w", version, err)
-	}
-	// An inconsistent snapshot would leave ADS clients waiting for resources that never come.
-	if err := out.Consistent(); err != nil {
-		return nil, fmt.Errorf("xDS snapshot of store version %s is inconsistent: %w", version, err)
-	}
-	return out, nil
+	return listeners, routes, nil
 }
 
 // loadAssignment lists the service's endpoints at the target port, grouped by node as locality.

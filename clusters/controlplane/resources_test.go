@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -259,6 +260,11 @@ func TestSnapshotsStayConsistent(t *testing.T) {
 		{Name: "grpc", Port: 9000, TargetPort: 9000, Protocol: "TCP"},
 		{Name: "dns", Port: 53, TargetPort: 53, Protocol: "UDP"},
 	}
+	incremental, err := newBuilder(model.Random)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var applied uint64
 	for step := range 500 {
 		name := names[rng.IntN(len(names))]
 		ns := []string{"x", "y"}[rng.IntN(2)]
@@ -294,7 +300,40 @@ func TestSnapshotsStayConsistent(t *testing.T) {
 		if err := checkReferences(snapshotResources(xs)); err != nil {
 			t.Fatalf("step %d (store version %d): %v\nstore:\n%s", step, snap.Version, err, snap)
 		}
+		// Applying only the changes must give what building everything anew gives.
+		changes := st.ChangesSince(applied)
+		inc, err := incremental.apply(changes)
+		if err != nil {
+			t.Fatalf("step %d (store version %d): incremental: %v", step, snap.Version, err)
+		}
+		applied = changes.Version
+		if err := sameSnapshot(inc, xs); err != nil {
+			t.Fatalf("step %d (store version %d): incremental snapshot differs from a full build: %v\nstore:\n%s", step, snap.Version, err, snap)
+		}
 	}
+}
+
+// sameSnapshot compares two snapshots' versions, resources and delta versions; the delta
+// versions must be the hashes go-control-plane computes itself.
+func sameSnapshot(got, want *cachev3.Snapshot) error {
+	if err := want.ConstructVersionMap(); err != nil {
+		return err
+	}
+	for typ := range got.Resources {
+		g, w := got.Resources[typ], want.Resources[typ]
+		if g.Version != w.Version || len(g.Items) != len(w.Items) {
+			return fmt.Errorf("type %d: version %s with %d resources, want %s with %d", typ, g.Version, len(g.Items), w.Version, len(w.Items))
+		}
+		for name, r := range w.Items {
+			if !proto.Equal(g.Items[name].Resource, r.Resource) {
+				return fmt.Errorf("type %d: %s is\n%v\nwant\n%v", typ, name, g.Items[name].Resource, r.Resource)
+			}
+		}
+	}
+	if !reflect.DeepEqual(got.VersionMap, want.VersionMap) {
+		return fmt.Errorf("delta versions\n%v\nwant\n%v", got.VersionMap, want.VersionMap)
+	}
+	return nil
 }
 
 // checkReferences checks that EDS holds exactly the clusters' assignments, RDS exactly the

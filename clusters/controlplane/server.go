@@ -18,9 +18,9 @@ import (
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	xdslog "github.com/envoyproxy/go-control-plane/pkg/log"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
@@ -52,6 +52,9 @@ type Server struct {
 	log    *slog.Logger
 	cache  cachev3.SnapshotCache
 	served atomic.Bool
+
+	builder *builder // owned by the publishing goroutine
+	applied uint64   // the store version the builder holds
 }
 
 // allNodes maps every node to the one snapshot all nodes share.
@@ -78,10 +81,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		l.Close()
 		return fmt.Errorf("xDS server on %s: already served; create a new Server", l.Addr())
 	}
-	if _, err := lbPolicy(s.opts.Policy); err != nil {
+	b, err := newBuilder(s.opts.Policy)
+	if err != nil {
 		l.Close()
 		return fmt.Errorf("xDS server on %s: %w", l.Addr(), err)
 	}
+	s.builder = b
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -113,7 +118,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		}
 	}()
 	s.log.Info("xDS serving", "addr", l.Addr().String(), "policy", s.opts.Policy.String())
-	err := g.Serve(l)
+	err = g.Serve(l)
 	cancel()
 	wg.Wait()
 	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -122,21 +127,23 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	return nil
 }
 
-// publish builds the store's current state and sets it for every node. A snapshot that cannot be
-// built is logged and skipped: clients keep the last good version rather than a broken one.
+// publish brings the snapshot to the store's current state, rebuilding only the services that
+// changed, and sets it for every node. A snapshot that cannot be built is logged and skipped:
+// clients keep the last good version rather than a broken one, and the next change retries.
 func (s *Server) publish() {
-	snap := s.store.Snapshot()
-	xs, err := build(snap, s.opts.Policy)
+	changes := s.store.ChangesSince(s.applied)
+	xs, err := s.builder.apply(changes)
 	if err != nil {
-		s.log.Error("xDS snapshot not published; clients keep the previous version", "version", snap.Version, "err", err)
+		s.log.Error("xDS snapshot not published; clients keep the previous version", "version", changes.Version, "err", err)
 		return
 	}
+	s.applied = changes.Version
 	if err := s.cache.SetSnapshot(context.Background(), nodeGroup, xs); err != nil {
-		s.log.Error("xDS snapshot not published; clients keep the previous version", "version", snap.Version, "err", err)
+		s.log.Error("xDS snapshot not published; clients keep the previous version", "version", changes.Version, "err", err)
 		return
 	}
-	s.log.Info("xDS snapshot published", "version", snap.Version, "services", len(snap.Services),
-		"clusters", len(xs.GetResources(resourcev3.ClusterType)), "listeners", len(xs.GetResources(resourcev3.ListenerType)))
+	s.log.Info("xDS snapshot published", "version", changes.Version, "services", len(s.builder.services), "changed", len(changes.Services)+len(changes.Deleted),
+		"clusters", len(xs.Resources[types.Cluster].Items), "listeners", len(xs.Resources[types.Listener].Items))
 }
 
 // callbacks log who connects and every NACK, which names the resource the client rejected.

@@ -105,7 +105,7 @@ func (s *syncBuffer) String() string {
 }
 
 // serve runs a Server on 127.0.0.1:0 until the test ends and returns a client connection to it.
-func serve(t *testing.T, st *services.Store, opts Options) (*grpc.ClientConn, *syncBuffer) {
+func serve(t testing.TB, st *services.Store, opts Options) (*grpc.ClientConn, *syncBuffer) {
 	t.Helper()
 	logs := &syncBuffer{}
 	if opts.Log == nil {
@@ -118,7 +118,8 @@ func serve(t *testing.T, st *services.Store, opts Options) (*grpc.ClientConn, *s
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- New(st, opts).Serve(ctx, l) }()
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30))) // 10,000 services take more than the default 4 MiB
 	if err != nil {
 		t.Fatalf("dial xDS server %s: %v", l.Addr(), err)
 	}

@@ -67,6 +67,16 @@ type Snapshot struct {
 	Services []ServiceView `json:"services"` // sorted by key
 }
 
+// Changes is what changed in a store after some version.
+type Changes struct {
+	Version uint64
+	// All is set when the store cannot tell what changed after that version (it is 0, or the
+	// store was restored since): Services then holds every service.
+	All      bool
+	Services []ServiceView // the changed services that exist, sorted by key
+	Deleted  []string      // the keys of changed services that no longer exist, sorted
+}
+
 // Store holds services and pods. It is safe for concurrent use.
 type Store struct {
 	mu       sync.Mutex
@@ -76,11 +86,29 @@ type Store struct {
 	vips     map[netip.Addr]string // VIP -> service key, so allocation is not a scan of services
 	pods     map[string]Pod
 	watchers []chan struct{}
+
+	// The label indexes make a pod change cost the services it touches, not all services.
+	podsByLabel map[label]map[string]struct{} // pod labels -> pod names
+	svcsByLabel map[label]map[string]struct{} // selector terms -> service keys
+	// changedAt is the version at which each service key (deleted ones too) last changed, so
+	// consumers can rebuild only what changed; restoredAt is the version of the last restore.
+	changedAt  map[string]uint64
+	restoredAt uint64
 }
+
+// label is one namespaced label or selector term.
+type label struct{ ns, k, v string }
 
 // New returns an empty store that allocates VIPs from the given service CIDRs (one per family).
 func New(serviceCIDRs ...netip.Prefix) *Store {
-	return &Store{cidrs: serviceCIDRs, services: map[string]Service{}, vips: map[netip.Addr]string{}, pods: map[string]Pod{}}
+	s := &Store{cidrs: serviceCIDRs}
+	s.reset()
+	return s
+}
+
+func (s *Store) reset() {
+	s.services, s.vips, s.pods = map[string]Service{}, map[netip.Addr]string{}, map[string]Pod{}
+	s.podsByLabel, s.svcsByLabel, s.changedAt = map[label]map[string]struct{}{}, map[label]map[string]struct{}{}, map[string]uint64{}
 }
 
 // UpsertService adds or replaces a service. Missing ClusterIPs are allocated from the service
@@ -114,11 +142,9 @@ func (s *Store) UpsertService(svc Service) (Service, error) {
 			return Service{}, fmt.Errorf("service %s: cluster IP %s is already used by service %s", svc.Key(), ip, owner)
 		}
 	}
-	s.services[svc.Key()] = svc
-	for _, ip := range svc.ClusterIPs {
-		s.vips[ip] = svc.Key()
-	}
-	s.changed()
+	s.unindexService(svc.Key())
+	s.indexService(svc)
+	s.changed(svc.Key())
 	return svc, nil
 }
 
@@ -126,12 +152,9 @@ func (s *Store) UpsertService(svc Service) (Service, error) {
 func (s *Store) DeleteService(namespace, name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if svc, ok := s.services[namespace+"/"+name]; ok {
-		for _, ip := range svc.ClusterIPs {
-			delete(s.vips, ip)
-		}
-		delete(s.services, namespace+"/"+name)
-		s.changed()
+	if _, ok := s.services[namespace+"/"+name]; ok {
+		s.unindexService(namespace + "/" + name)
+		s.changed(namespace + "/" + name)
 	}
 }
 
@@ -139,8 +162,9 @@ func (s *Store) DeleteService(namespace, name string) {
 func (s *Store) UpsertPod(p Pod) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.pods[p.Name] = p
-	s.changed()
+	touched := s.unindexPod(p.Name)
+	s.indexPod(p)
+	s.changed(append(touched, s.selecting(p)...)...)
 }
 
 // DeletePod removes a pod and with it its endpoints.
@@ -148,8 +172,7 @@ func (s *Store) DeletePod(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.pods[name]; ok {
-		delete(s.pods, name)
-		s.changed()
+		s.changed(s.unindexPod(name)...)
 	}
 }
 
@@ -177,32 +200,134 @@ func (s *Store) Pods() []Pod {
 func (s *Store) Snapshot() Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	// Index pods by namespace and label so that matching is linear in pods, not services x pods.
-	type label struct{ ns, k, v string }
-	byLabel := map[label][]Pod{}
-	for _, p := range s.pods {
-		for k, v := range p.Labels {
-			byLabel[label{p.Namespace, k, v}] = append(byLabel[label{p.Namespace, k, v}], p)
-		}
-	}
 	snap := Snapshot{Version: s.version}
 	for _, svc := range s.services {
-		v := ServiceView{Service: svc, Endpoints: []Endpoint{}}
-		var candidates []Pod
-		for k, val := range svc.Selector { // any one selector term narrows the candidates
-			candidates = byLabel[label{svc.Namespace, k, val}]
-			break
-		}
-		for _, p := range candidates {
-			if selects(svc.Selector, p.Labels) {
-				v.Endpoints = append(v.Endpoints, Endpoint{Pod: p.Name, Node: p.Node, IPs: p.IPs, Ready: p.Ready})
-			}
-		}
-		sort.Slice(v.Endpoints, func(i, j int) bool { return v.Endpoints[i].Pod < v.Endpoints[j].Pod })
-		snap.Services = append(snap.Services, v)
+		snap.Services = append(snap.Services, s.view(svc))
 	}
 	sort.Slice(snap.Services, func(i, j int) bool { return snap.Services[i].Key() < snap.Services[j].Key() })
 	return snap
+}
+
+// Version returns the store's current version.
+func (s *Store) Version() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.version
+}
+
+// ChangesSince returns the services that changed after version (a version this store
+// returned), in their current state, so that a consumer can update only those.
+func (s *Store) ChangesSince(version uint64) Changes {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := Changes{Version: s.version, All: version == 0 || version <= s.restoredAt || version > s.version}
+	if out.All {
+		for _, svc := range s.services {
+			out.Services = append(out.Services, s.view(svc))
+		}
+	}
+	for key, at := range s.changedAt {
+		if out.All || at <= version {
+			continue
+		}
+		if svc, ok := s.services[key]; ok {
+			out.Services = append(out.Services, s.view(svc))
+		} else {
+			out.Deleted = append(out.Deleted, key)
+		}
+	}
+	sort.Slice(out.Services, func(i, j int) bool { return out.Services[i].Key() < out.Services[j].Key() })
+	slices.Sort(out.Deleted)
+	return out
+}
+
+// view is a service with its endpoints; the caller holds the lock.
+func (s *Store) view(svc Service) ServiceView {
+	v := ServiceView{Service: svc, Endpoints: []Endpoint{}}
+	var candidates map[string]struct{}
+	for k, val := range svc.Selector { // any one selector term narrows the candidates
+		candidates = s.podsByLabel[label{svc.Namespace, k, val}]
+		break
+	}
+	for name := range candidates {
+		if p := s.pods[name]; selects(svc.Selector, p.Labels) {
+			v.Endpoints = append(v.Endpoints, Endpoint{Pod: p.Name, Node: p.Node, IPs: p.IPs, Ready: p.Ready})
+		}
+	}
+	sort.Slice(v.Endpoints, func(i, j int) bool { return v.Endpoints[i].Pod < v.Endpoints[j].Pod })
+	return v
+}
+
+// selecting returns the keys of the services whose selectors pick p; the caller holds the lock.
+func (s *Store) selecting(p Pod) []string {
+	var keys []string
+	for k, v := range p.Labels {
+		for key := range s.svcsByLabel[label{p.Namespace, k, v}] {
+			if selects(s.services[key].Selector, p.Labels) && !slices.Contains(keys, key) {
+				keys = append(keys, key)
+			}
+		}
+	}
+	return keys
+}
+
+func (s *Store) indexPod(p Pod) {
+	s.pods[p.Name] = p
+	for k, v := range p.Labels {
+		addTo(s.podsByLabel, label{p.Namespace, k, v}, p.Name)
+	}
+}
+
+// unindexPod removes a pod, if present, and returns the keys of the services that selected it.
+func (s *Store) unindexPod(name string) []string {
+	p, ok := s.pods[name]
+	if !ok {
+		return nil
+	}
+	touched := s.selecting(p)
+	delete(s.pods, name)
+	for k, v := range p.Labels {
+		removeFrom(s.podsByLabel, label{p.Namespace, k, v}, name)
+	}
+	return touched
+}
+
+func (s *Store) indexService(svc Service) {
+	s.services[svc.Key()] = svc
+	for _, ip := range svc.ClusterIPs {
+		s.vips[ip] = svc.Key()
+	}
+	for k, v := range svc.Selector {
+		addTo(s.svcsByLabel, label{svc.Namespace, k, v}, svc.Key())
+	}
+}
+
+func (s *Store) unindexService(key string) {
+	svc, ok := s.services[key]
+	if !ok {
+		return
+	}
+	delete(s.services, key)
+	for _, ip := range svc.ClusterIPs {
+		delete(s.vips, ip)
+	}
+	for k, v := range svc.Selector {
+		removeFrom(s.svcsByLabel, label{svc.Namespace, k, v}, key)
+	}
+}
+
+func addTo(index map[label]map[string]struct{}, l label, name string) {
+	if index[l] == nil {
+		index[l] = map[string]struct{}{}
+	}
+	index[l][name] = struct{}{}
+}
+
+func removeFrom(index map[label]map[string]struct{}, l label, name string) {
+	delete(index[l], name)
+	if len(index[l]) == 0 {
+		delete(index, l)
+	}
 }
 
 // Service returns one service view from a snapshot.
@@ -225,8 +350,12 @@ func (s *Store) Watch() <-chan struct{} {
 	return ch
 }
 
-func (s *Store) changed() {
+// changed starts a new version in which the given services changed.
+func (s *Store) changed(keys ...string) {
 	s.version++
+	for _, k := range keys {
+		s.changedAt[k] = s.version
+	}
 	for _, ch := range s.watchers {
 		select {
 		case ch <- struct{}{}:
@@ -295,16 +424,13 @@ func (s *Store) UnmarshalJSON(b []byte) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.version, s.cidrs = st.Version, st.CIDRs
-	s.services, s.vips, s.pods = map[string]Service{}, map[netip.Addr]string{}, map[string]Pod{}
+	s.version, s.cidrs, s.restoredAt = st.Version, st.CIDRs, st.Version
+	s.reset()
 	for _, svc := range st.Services {
-		s.services[svc.Key()] = svc
-		for _, ip := range svc.ClusterIPs {
-			s.vips[ip] = svc.Key()
-		}
+		s.indexService(svc)
 	}
 	for _, p := range st.Pods {
-		s.pods[p.Name] = p
+		s.indexPod(p)
 	}
 	return nil
 }

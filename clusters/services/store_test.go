@@ -469,3 +469,74 @@ func TestClusterIPRules(t *testing.T) {
 		t.Error("allocated the broadcast address of a /30")
 	}
 }
+
+// TestChangesSince checks that a consumer learns exactly the services a change touched.
+func TestChangesSince(t *testing.T) {
+	st := services.New(v4CIDR)
+	mustUpsert(t, st, svc("bench", "web", map[string]string{"app": "web"}))
+	mustUpsert(t, st, svc("bench", "canary", map[string]string{"app": "web", "track": "canary"}))
+	mustUpsert(t, st, svc("bench", "db", map[string]string{"app": "db"}))
+	mustUpsert(t, st, svc("other", "web", map[string]string{"app": "web"}))
+	pod := services.Pod{Namespace: "bench", Name: "web-1", Node: "n1", IPs: addrs("10.244.1.2"), Labels: map[string]string{"app": "web"}, Ready: true}
+	st.UpsertPod(pod)
+
+	keys := func(c services.Changes) []string {
+		var out []string
+		for _, v := range c.Services {
+			out = append(out, v.Key())
+		}
+		return out
+	}
+	all := st.ChangesSince(0)
+	if !all.All || !slices.Equal(keys(all), []string{"bench/canary", "bench/db", "bench/web", "other/web"}) || all.Version != st.Snapshot().Version {
+		t.Fatalf("ChangesSince(0) = all=%v %v at %d, want all four services at %d", all.All, keys(all), all.Version, st.Snapshot().Version)
+	}
+
+	canary, gone := pod, pod
+	canary.Labels = map[string]string{"app": "web", "track": "canary"}
+	gone.Name = "web-2"
+	steps := []struct {
+		name         string
+		change       func()
+		want, delete []string
+	}{
+		{"readiness", func() { pod.Ready = false; st.UpsertPod(pod) }, []string{"bench/web"}, nil},
+		{"relabel into a second service", func() { st.UpsertPod(canary) }, []string{"bench/canary", "bench/web"}, nil},
+		{"relabel out of it", func() { st.UpsertPod(pod) }, []string{"bench/canary", "bench/web"}, nil},
+		{"unselected pod", func() {
+			st.UpsertPod(services.Pod{Namespace: "bench", Name: "x", Labels: map[string]string{"app": "x"}})
+		}, nil, nil},
+		{"delete a pod", func() { st.DeletePod(pod.Name) }, []string{"bench/web"}, nil},
+		{"missing pod", func() { st.DeletePod(gone.Name) }, nil, nil},
+		{"service definition", func() { mustUpsert(t, st, svc("bench", "db", map[string]string{"app": "db2"})) }, []string{"bench/db"}, nil},
+		{"delete a service", func() { st.DeleteService("other", "web") }, nil, []string{"other/web"}},
+	}
+	for _, step := range steps {
+		before := st.Snapshot().Version
+		step.change()
+		c := st.ChangesSince(before)
+		if c.All || c.Version != st.Snapshot().Version || !slices.Equal(keys(c), step.want) || !slices.Equal(c.Deleted, step.delete) {
+			t.Errorf("%s: ChangesSince(%d) = all=%v changed %v deleted %v at %d, want changed %v deleted %v at %d",
+				step.name, before, c.All, keys(c), c.Deleted, c.Version, step.want, step.delete, st.Snapshot().Version)
+		}
+		// The views are the store's current state.
+		for _, v := range c.Services {
+			if want, _ := st.Snapshot().Service(v.Namespace, v.Name); !reflect.DeepEqual(v, want) {
+				t.Errorf("%s: changed view %+v, want the snapshot's %+v", step.name, v, want)
+			}
+		}
+	}
+
+	// A restore replaces everything: no version before it can be brought up to date piecemeal.
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := st.Snapshot().Version
+	if err := json.Unmarshal(b, st); err != nil {
+		t.Fatal(err)
+	}
+	if c := st.ChangesSince(v); !c.All || len(c.Services) != 3 {
+		t.Errorf("after a restore, ChangesSince(%d) = all=%v %v, want all three services", v, c.All, keys(c))
+	}
+}
