@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -29,8 +30,8 @@ import (
 // config holds the flags; every flag can also be set by the environment variable named beside it
 // (what a DaemonSet manifest sets).
 type config struct {
-	nodeID, xdsAddr, cgroup, bpffs, metricsAddr, adminSocket, logLevel string
-	delta                                                              bool
+	nodeID, xdsAddr, cgroup, bpffs, metricsAddr, adminSocket, logLevel, pprofAddr string
+	delta                                                                         bool
 }
 
 func envOr(name, def string) string {
@@ -49,6 +50,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.bpffs, "bpffs", envOr("ONEHOP_BPFFS", "/sys/fs/bpf/onehop"), "bpffs directory for pinned objects [ONEHOP_BPFFS]")
 	fs.StringVar(&c.metricsAddr, "metrics-address", envOr("ONEHOP_METRICS_ADDRESS", ":15020"), "address of /healthz, /readyz, /metrics; empty disables [ONEHOP_METRICS_ADDRESS]")
 	fs.StringVar(&c.adminSocket, "admin-socket", envOr("ONEHOP_ADMIN_SOCKET", "/run/onehop/agent.sock"), "unix socket of the same API plus /enroll [ONEHOP_ADMIN_SOCKET]")
+	fs.StringVar(&c.pprofAddr, "pprof-address", envOr("ONEHOP_PPROF_ADDRESS", ""), "address of Go's /debug/pprof/ (profiling); empty disables [ONEHOP_PPROF_ADDRESS]")
 	fs.StringVar(&c.logLevel, "log-level", envOr("ONEHOP_LOG_LEVEL", "info"), "debug, info, warn or error [ONEHOP_LOG_LEVEL]")
 	delta, _ := strconv.ParseBool(envOr("ONEHOP_XDS_DELTA", "false"))
 	fs.BoolVar(&c.delta, "delta", delta, "use incremental (Delta) xDS instead of State-of-the-World [ONEHOP_XDS_DELTA]")
@@ -103,15 +105,22 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	log.Info("programs attached", "cgroup", cfg.cgroup)
 
+	program := func(c model.Config, apply func() (datapath.ApplyStats, error)) error {
+		start := time.Now()
+		st, err := apply()
+		applySeconds.Observe(time.Since(start).Seconds())
+		if err == nil {
+			log.Info("programmed", "services", len(c.Services), "took", time.Since(start), "stats", fmt.Sprintf("%+v", st))
+		}
+		return err
+	}
 	client := &xds.Client{Addr: cfg.xdsAddr, NodeID: cfg.nodeID, Delta: cfg.delta, Log: log.With("component", "xds"),
-		Metrics: xds.NewMetrics(reg), Apply: func(c model.Config) error {
-			start := time.Now()
-			st, err := dp.Programmer.Apply(c)
-			applySeconds.Observe(time.Since(start).Seconds())
-			if err == nil {
-				log.Info("programmed", "services", len(c.Services), "took", time.Since(start), "stats", fmt.Sprintf("%+v", st))
-			}
-			return err
+		Metrics: xds.NewMetrics(reg),
+		Apply: func(c model.Config) error {
+			return program(c, func() (datapath.ApplyStats, error) { return dp.Programmer.Apply(c) })
+		},
+		ApplyChanged: func(c model.Config, changed []model.Key) error {
+			return program(c, func() (datapath.ApplyStats, error) { return dp.Programmer.ApplyChanged(c, changed) })
 		}}
 	srv := &agent.Server{Enroller: dp.Enrollment, Ready: client.Ready, Healthy: func() error { return nil }, Registry: reg, Log: log}
 	var servers []*http.Server
@@ -128,6 +137,21 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 		defer os.Remove(cfg.adminSocket)
 		serve(l)
+	}
+	if cfg.pprofAddr != "" {
+		l, err := net.Listen("tcp", cfg.pprofAddr)
+		if err != nil {
+			return fmt.Errorf("pprof address %s: %w", cfg.pprofAddr, err)
+		}
+		// Its own server: the profiling handlers stay off the metrics and admin endpoints.
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		s := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		servers = append(servers, s)
+		go s.Serve(l)
 	}
 	if cfg.metricsAddr != "" {
 		l, err := net.Listen("tcp", cfg.metricsAddr)

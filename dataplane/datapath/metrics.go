@@ -2,7 +2,6 @@ package datapath
 
 import (
 	"fmt"
-	"net/netip"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -77,13 +76,7 @@ func (m *Metrics) programmed(view map[model.Key]*programmed) {
 	}
 	eps := 0
 	for _, ps := range view {
-		for _, addrs := range ps.slots {
-			seen := map[netip.AddrPort]bool{}
-			for _, a := range addrs {
-				seen[a] = true
-			}
-			eps += len(seen)
-		}
+		eps += ps.endpoints
 	}
 	m.services.Set(float64(len(view)))
 	m.endpoints.Set(float64(eps))

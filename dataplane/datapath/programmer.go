@@ -34,13 +34,27 @@ type Programmer struct {
 
 // programmed is one service as the maps hold it.
 type programmed struct {
-	id      uint32
-	gen     uint8
-	policy  model.Policy
-	prios   [][]model.Endpoint // what it was programmed from; nil after a re-read of the maps
-	slots   [model.MaxPriorities][]netip.AddrPort
-	present int  // its entries in oh_slots
-	broken  bool // slots are missing from the maps: rewrite it
+	id        uint32
+	gen       uint8
+	policy    model.Policy
+	prios     [][]model.Endpoint // what it was programmed from; nil after a re-read of the maps
+	slots     [model.MaxPriorities][]netip.AddrPort
+	present   int  // its entries in oh_slots
+	endpoints int  // distinct endpoints over its priorities, for the metrics
+	broken    bool // slots are missing from the maps: rewrite it
+}
+
+// distinctEndpoints counts each priority's distinct endpoints (slots repeat weighted ones).
+func distinctEndpoints(slots *[model.MaxPriorities][]netip.AddrPort) int {
+	n := 0
+	for _, addrs := range slots {
+		seen := make(map[netip.AddrPort]bool, len(addrs))
+		for _, a := range addrs {
+			seen[a] = true
+		}
+		n += len(seen)
+	}
+	return n
 }
 
 // ApplyStats says what one Apply did.
@@ -95,6 +109,18 @@ type adoption struct {
 // the maps cannot hold cfg, nothing is changed and the error names the service. If a map update
 // fails halfway, the error says so and the next Apply re-reads the maps and repairs them.
 func (p *Programmer) Apply(cfg model.Config) (ApplyStats, error) {
+	return p.apply(cfg, nil)
+}
+
+// ApplyChanged is Apply for a cfg that differs from what the maps hold only in the services
+// listed (present in cfg: added or changed; absent: removed): it diffs just those, so its cost
+// follows the change rather than the size of cfg. The guarantees are Apply's. After a failed
+// map update, or with changed nil, it diffs all of cfg.
+func (p *Programmer) ApplyChanged(cfg model.Config, changed []model.Key) (ApplyStats, error) {
+	return p.apply(cfg, changed)
+}
+
+func (p *Programmer) apply(cfg model.Config, only []model.Key) (ApplyStats, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var st ApplyStats
@@ -102,8 +128,9 @@ func (p *Programmer) Apply(cfg model.Config) (ApplyStats, error) {
 		if err := p.resync(&st); err != nil {
 			return st, fmt.Errorf("apply: re-read the maps after an earlier failure: %w", err)
 		}
+		only = nil // the view was rebuilt from the maps: compare all of it
 	}
-	pl, err := p.plan(cfg)
+	pl, err := p.plan(cfg, only)
 	if err != nil {
 		return st, fmt.Errorf("apply: %w (nothing was changed)", err)
 	}
@@ -165,24 +192,25 @@ func sameSlots(a, b *[model.MaxPriorities][]netip.AddrPort) bool {
 }
 
 // plan validates cfg, diffs it against the view and checks it fits the maps. It changes nothing.
-func (p *Programmer) plan(cfg model.Config) (*plan, error) {
+// With only set, it looks at those keys alone: the rest of cfg is what the view holds.
+func (p *Programmer) plan(cfg model.Config, only []model.Key) (*plan, error) {
 	pl := &plan{}
 	var (
 		changed, added []*change
 		invalid        *model.Key // the lowest, so the error is the same every time
 		invalidErr     error
 	)
-	for k, svc := range cfg.Services {
+	consider := func(k model.Key, svc model.Service) {
 		if err := check(k, svc); err != nil {
 			if invalid == nil || compareKeys(k, *invalid) < 0 {
 				invalid, invalidErr = &k, err
 			}
-			continue
+			return
 		}
 		old := p.view[k]
 		same := old != nil && !old.broken && old.policy == svc.Policy
 		if same && old.prios != nil && slices.EqualFunc(old.prios, svc.Priorities, slices.Equal) {
-			continue
+			return
 		}
 		c := &change{svc: svc, old: old}
 		for i, eps := range svc.Priorities {
@@ -197,7 +225,31 @@ func (p *Programmer) plan(cfg model.Config) (*plan, error) {
 			changed = append(changed, c)
 		}
 	}
-
+	used := p.used
+	removed := func(k model.Key) {
+		if ps, ok := p.view[k]; ok {
+			pl.removed = append(pl.removed, k)
+			used -= ps.present
+		}
+	}
+	if only == nil {
+		for k, svc := range cfg.Services {
+			consider(k, svc)
+		}
+		for k := range p.view {
+			if _, ok := cfg.Services[k]; !ok {
+				removed(k)
+			}
+		}
+	} else {
+		for _, k := range slices.Compact(slices.SortedFunc(slices.Values(only), compareKeys)) {
+			if svc, ok := cfg.Services[k]; ok {
+				consider(k, svc)
+			} else {
+				removed(k)
+			}
+		}
+	}
 	if invalidErr != nil {
 		return nil, invalidErr
 	}
@@ -205,13 +257,6 @@ func (p *Programmer) plan(cfg model.Config) (*plan, error) {
 	slices.SortFunc(changed, byKey)
 	slices.SortFunc(added, byKey)
 
-	used := p.used
-	for k, ps := range p.view {
-		if _, ok := cfg.Services[k]; !ok {
-			pl.removed = append(pl.removed, k)
-			used -= ps.present
-		}
-	}
 	slices.SortFunc(pl.removed, compareKeys)
 	if n := len(p.view) - len(pl.removed) + len(added); n > p.maxServices {
 		return nil, fmt.Errorf("%d services do not fit in %s (max %d; raise Options.MaxServices)", n, bpf.OnehopMapOhServices, p.maxServices)
@@ -380,6 +425,7 @@ func (p *Programmer) program(group []*change, st *ApplyStats) error {
 		*ps = programmed{
 			id: c.id, gen: c.gen, policy: c.svc.Policy,
 			prios: cloneEndpoints(c.svc.Priorities), slots: c.slots, present: c.nslots(),
+			endpoints: distinctEndpoints(&c.slots),
 		}
 	}
 	return nil
@@ -450,6 +496,7 @@ func (p *Programmer) resync(st *ApplyStats) error {
 				ps.broken = true
 			}
 		}
+		ps.endpoints = distinctEndpoints(&ps.slots)
 	}
 
 	n, _, err := batchDelete(p.services, bpf.OnehopMapOhServices, p.metrics, badSvcs)

@@ -72,10 +72,14 @@ type Client struct {
 	// what it programmed. It is called when the config changes, always for the first one
 	// (including an empty one) and again after it failed. An error NACKs the update that
 	// produced the config. Apply runs on Run's goroutine.
-	Apply   func(model.Config) error
-	Metrics *Metrics     // nil: no metrics
-	Log     *slog.Logger // nil: no logs
-	Backoff Backoff
+	Apply func(model.Config) error
+	// ApplyChanged, if set, is called instead of Apply when the client knows that cfg differs
+	// from the config last applied successfully only in the services listed (present in cfg:
+	// added or changed; absent: removed). It lets the data plane skip diffing the rest.
+	ApplyChanged func(cfg model.Config, changed []model.Key) error
+	Metrics      *Metrics     // nil: no metrics
+	Log          *slog.Logger // nil: no logs
+	Backoff      Backoff
 
 	running atomic.Bool
 
@@ -87,6 +91,9 @@ type Client struct {
 	acc     *accepted
 	applied model.Config
 	inSync  bool // the data plane holds applied
+	// indexed: the Translator's index is of the accepted state, so an endpoint update can
+	// re-translate only the services it feeds.
+	indexed bool
 }
 
 // Ready reports whether a complete config has been applied: clusters and listeners received,
@@ -131,7 +138,7 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	defer c.running.Store(false)
 	if c.acc == nil {
-		c.acc = newAccepted()
+		c.acc = newAccepted(c.Delta)
 	}
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
@@ -174,15 +181,16 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 		if err != nil {
 			return false, fmt.Errorf("open delta ADS stream to %s: %w", c.Addr, err)
 		}
-		s = &deltaStream{s: ds, node: node, acc: c.acc, subscribed: map[string]map[string]bool{}, asked: map[string]bool{}}
+		s = &deltaStream{s: ds, node: node, acc: c.acc, subscribed: map[string]map[string]bool{}, asked: map[string]bool{}, dec: newDecoder()}
 	} else {
 		ss, err := ads.StreamAggregatedResources(ctx)
 		if err != nil {
 			return false, fmt.Errorf("open ADS stream to %s: %w", c.Addr, err)
 		}
-		s = &sotwStream{s: ss, node: node, nonce: map[string]string{}, version: map[string]string{}, names: map[string][]string{}, asked: map[string]bool{}}
+		s = &sotwStream{s: ss, node: node, nonce: map[string]string{}, version: map[string]string{}, names: map[string][]string{}, asked: map[string]bool{}, dec: newDecoder(), followed: map[string]map[string]bool{}}
 	}
-	if err := s.open(c.acc.wanted()); err != nil {
+	w, _ := c.acc.wanted()
+	if err := s.open(w); err != nil {
 		return false, fmt.Errorf("ADS stream to %s: initial requests: %w", c.Addr, err)
 	}
 	c.Metrics.setConnected(true)
@@ -236,16 +244,18 @@ func (c *Client) handle(ctx context.Context, s stream, st *streamState, r *respo
 	}
 	c.acc.commit(cand, r)
 	c.applied = cfg
+	c.indexed = c.acc.tr.idx != nil // a full Translate of what was just accepted, or an update of one
 	st.seen[r.typeURL] = true
 	delete(st.nacks, r.typeURL)
 	c.Metrics.update(r.typeURL, true)
 	// New clusters or listeners change which endpoint assignments and routes to follow.
-	w := c.acc.wanted()
+	w, fresh := c.acc.wanted()
 	c.mu.Lock()
 	c.lastErr = nil
 	c.ready = c.ready || c.acc.complete(w)
 	c.mu.Unlock()
 	if applied {
+		c.Metrics.receiptToProgrammed(r.typeURL, time.Since(r.arrived))
 		log.Info("xDS update applied (ACK)", "services", len(cfg.Services))
 	} else {
 		log.Debug("xDS update accepted, config unchanged (ACK)")
@@ -253,12 +263,19 @@ func (c *Client) handle(ctx context.Context, s stream, st *streamState, r *respo
 	if err := s.ack(r); err != nil {
 		return err
 	}
+	if !applied {
+		c.Metrics.receiptToProgrammed(r.typeURL, time.Since(r.arrived))
+	}
 	for _, typ := range []string{resourcev3.EndpointType, resourcev3.RouteType} {
 		if err := s.subscribe(typ, w[typ]); err != nil {
 			return err
 		}
 	}
-	c.acc.prune(w)
+	if fresh {
+		c.acc.prune(w)
+	} else {
+		c.acc.pruneNames(r.typeURL, w, r.changed) // only what this response added can be unwanted
+	}
 	return nil
 }
 
@@ -268,22 +285,43 @@ func (c *Client) evaluate(st *streamState, r *response) (cand State, cfg model.C
 	if r.err != nil {
 		return State{}, model.Config{}, false, r.err
 	}
-	cand = c.acc.candidate(r)
+	cand, changed := c.acc.candidate(r)
+	r.changed = changed
 	cand.Previous = c.applied
 	cand.AcceptedListeners, cand.AcceptedRoutes = c.acc.state.Listeners, c.acc.state.Routes
 	cand.AwaitingClusters = !st.seen[resourcev3.ClusterType]
-	if cfg, err = Translate(&cand); err != nil {
-		return State{}, model.Config{}, false, err
+	// A response that changes no resource, or only endpoint assignments, needs only the
+	// services those feed re-translated (SotW resends every unchanged resource).
+	var diff []model.Key
+	incremental := false
+	if c.indexed && (len(changed) == 0 || r.typeURL == resourcev3.EndpointType) {
+		if len(changed) == 0 {
+			cfg, incremental = c.applied, true
+		} else if cfg, diff, incremental, err = c.acc.tr.UpdateEndpoints(&cand, changed); err != nil {
+			return State{}, model.Config{}, false, err
+		}
+	}
+	if !incremental {
+		c.indexed = false
+		if cfg, err = c.acc.tr.Translate(&cand); err != nil {
+			return State{}, model.Config{}, false, err
+		}
 	}
 	// Most responses change nothing the kernel sees (new versions of unchanged resources,
 	// health changes of endpoints already out): Apply only a changed config. The first one
 	// is always applied, to replace whatever the data plane held before, and so is the next
 	// one after a failed Apply, which may have left the data plane half way.
-	if c.inSync && sameConfig(cfg, c.applied) {
+	if c.inSync && (incremental && len(diff) == 0 || !incremental && sameConfig(cfg, c.applied)) {
 		return cand, cfg, false, nil
 	}
-	c.inSync = false
-	if err := c.Apply(cfg); err != nil {
+	if c.inSync && incremental && c.ApplyChanged != nil {
+		err = c.ApplyChanged(cfg, diff)
+	} else {
+		c.inSync = false
+		err = c.Apply(cfg)
+	}
+	if err != nil {
+		c.inSync = false
 		return State{}, model.Config{}, false, fmt.Errorf("programming the data plane failed: %w", err)
 	}
 	c.inSync = true
@@ -291,10 +329,7 @@ func (c *Client) evaluate(st *streamState, r *response) (cand State, cfg model.C
 }
 
 func sameConfig(a, b model.Config) bool {
-	return maps.EqualFunc(a.Services, b.Services, func(x, y model.Service) bool {
-		return x.Key == y.Key && x.Name == y.Name && x.Policy == y.Policy &&
-			slices.EqualFunc(x.Priorities, y.Priorities, slices.Equal[[]model.Endpoint])
-	})
+	return maps.EqualFunc(a.Services, b.Services, sameService)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
@@ -310,33 +345,38 @@ func sleep(ctx context.Context, d time.Duration) bool {
 
 // accepted is what the client has ACKed: the resources and their versions.
 type accepted struct {
+	tr       Translator          // remembers what unchanged resources translate to
+	w        map[string][]string // wanted, until clusters or listeners change
 	state    State
 	versions map[string]map[string]string // type URL -> resource name -> version (Delta resync)
+	delta    bool                         // keep versions: only Delta streams send them back
 	seen     map[string]bool              // types accepted at least once
 }
 
-func newAccepted() *accepted {
-	return &accepted{versions: map[string]map[string]string{}, seen: map[string]bool{}}
+func newAccepted(delta bool) *accepted {
+	return &accepted{versions: map[string]map[string]string{}, seen: map[string]bool{}, delta: delta}
 }
 
 // candidate is the accepted state with the response applied, leaving the accepted maps as
-// they are.
-func (a *accepted) candidate(r *response) State {
+// they are, and the names of the response's type whose message it changed, added or removed.
+func (a *accepted) candidate(r *response) (State, []string) {
 	s := a.state
+	var changed []string
 	switch r.typeURL {
 	case resourcev3.ListenerType:
-		s.Listeners = merge(a.state.Listeners, r)
+		s.Listeners, changed = merge(a.state.Listeners, r)
 	case resourcev3.RouteType:
-		s.Routes = merge(a.state.Routes, r)
+		s.Routes, changed = merge(a.state.Routes, r)
 	case resourcev3.ClusterType:
-		s.Clusters = merge(a.state.Clusters, r)
+		s.Clusters, changed = merge(a.state.Clusters, r)
 	case resourcev3.EndpointType:
-		s.Endpoints = merge(a.state.Endpoints, r)
+		s.Endpoints, changed = merge(a.state.Endpoints, r)
 	}
-	return s
+	return s, changed
 }
 
-func merge[M proto.Message](cur map[string]M, r *response) map[string]M {
+func merge[M proto.Message](cur map[string]M, r *response) (map[string]M, []string) {
+	var changed []string
 	out := make(map[string]M, len(cur)+len(r.upsert))
 	if !r.full {
 		maps.Copy(out, cur)
@@ -347,17 +387,38 @@ func merge[M proto.Message](cur map[string]M, r *response) map[string]M {
 		}
 	}
 	for _, n := range r.remove {
+		if _, ok := out[n]; ok {
+			changed = append(changed, n)
+		}
 		delete(out, n)
 	}
 	for n, res := range r.upsert {
-		out[n] = res.msg.(M)
+		m := res.msg.(M)
+		if old, ok := cur[n]; !ok || proto.Message(old) != proto.Message(m) {
+			changed = append(changed, n)
+		}
+		out[n] = m
 	}
-	return out
+	if r.full {
+		for n := range cur {
+			if _, ok := out[n]; !ok {
+				changed = append(changed, n)
+			}
+		}
+	}
+	return out, changed
 }
 
 func (a *accepted) commit(s State, r *response) {
+	if wildcard(r.typeURL) && len(r.changed) > 0 {
+		a.w = nil
+	}
 	s.Previous, s.AcceptedListeners, s.AcceptedRoutes, s.AwaitingClusters = model.Config{}, nil, nil, false
 	a.state = s
+	a.seen[r.typeURL] = true
+	if !a.delta {
+		return
+	}
 	vs := a.versions[r.typeURL]
 	if vs == nil || r.full {
 		old := vs
@@ -375,14 +436,26 @@ func (a *accepted) commit(s State, r *response) {
 		vs[n] = res.version
 	}
 	a.versions[r.typeURL] = vs
-	a.seen[r.typeURL] = true
 }
 
 // wanted is the names to follow for the non-wildcard types.
-func (a *accepted) wanted() map[string][]string {
-	return map[string][]string{
-		resourcev3.EndpointType: endpointNames(a.state.Clusters),
-		resourcev3.RouteType:    routeNames(a.state.Listeners),
+// fresh says they were worked out again: clusters or listeners changed.
+func (a *accepted) wanted() (w map[string][]string, fresh bool) {
+	if a.w == nil {
+		a.w, fresh = map[string][]string{
+			resourcev3.EndpointType: endpointNames(a.state.Clusters),
+			resourcev3.RouteType:    a.tr.routeNames(a.state.Listeners),
+		}, true
+	}
+	return a.w, fresh
+}
+
+// pruneNames is prune for the given names of a non-wildcard type only.
+func (a *accepted) pruneNames(typ string, w map[string][]string, names []string) {
+	for _, n := range names {
+		if _, ok := slices.BinarySearch(w[typ], n); !ok {
+			a.forget(typ, n)
+		}
 	}
 }
 
@@ -398,16 +471,24 @@ func (a *accepted) prune(w map[string][]string) {
 	eds, rds := keep(resourcev3.EndpointType), keep(resourcev3.RouteType)
 	for n := range a.state.Endpoints {
 		if !eds[n] {
-			delete(a.state.Endpoints, n)
-			delete(a.versions[resourcev3.EndpointType], n)
+			a.forget(resourcev3.EndpointType, n)
 		}
 	}
 	for n := range a.state.Routes {
 		if !rds[n] {
-			delete(a.state.Routes, n)
-			delete(a.versions[resourcev3.RouteType], n)
+			a.forget(resourcev3.RouteType, n)
 		}
 	}
+}
+
+func (a *accepted) forget(typ, name string) {
+	switch typ {
+	case resourcev3.EndpointType:
+		delete(a.state.Endpoints, name)
+	case resourcev3.RouteType:
+		delete(a.state.Routes, name)
+	}
+	delete(a.versions[typ], name)
 }
 
 // complete reports whether clusters and listeners arrived and nothing they name (w, from
@@ -453,6 +534,14 @@ func decode(typeURL string, res interface {
 	if err := proto.Unmarshal(res.GetValue(), m); err != nil {
 		return nil, "", fmt.Errorf("decode %s: %w", typeURL, err)
 	}
+	name := resourceName(m)
+	if name == "" {
+		return nil, "", fmt.Errorf("%s resource without a name", typeLabel(typeURL))
+	}
+	return m, name, nil
+}
+
+func resourceName(m proto.Message) string {
 	var name string
 	switch v := m.(type) {
 	case *listenerv3.Listener:
@@ -464,8 +553,5 @@ func decode(typeURL string, res interface {
 	case *endpointv3.ClusterLoadAssignment:
 		name = v.GetClusterName()
 	}
-	if name == "" {
-		return nil, "", fmt.Errorf("%s resource without a name", typeLabel(typeURL))
-	}
-	return m, name, nil
+	return name
 }

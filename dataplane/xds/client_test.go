@@ -177,7 +177,8 @@ type testClient struct {
 }
 
 // startClient runs a Client against addr until the test ends, then checks Run returned.
-func startClient(t *testing.T, addr string, delta bool) *testClient {
+// Each set function adjusts the Client before it runs.
+func startClient(t *testing.T, addr string, delta bool, set ...func(*testClient)) *testClient {
 	t.Helper()
 	tc := &testClient{rec: &recorder{}, reg: prometheus.NewRegistry()}
 	tc.Client = &Client{
@@ -186,6 +187,9 @@ func startClient(t *testing.T, addr string, delta bool) *testClient {
 		Metrics: NewMetrics(tc.reg),
 		Log:     slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Backoff: Backoff{Min: 50 * time.Millisecond, Max: 400 * time.Millisecond},
+	}
+	for _, f := range set {
+		f(tc)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -2,8 +2,10 @@ package xds
 
 import (
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"slices"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -32,11 +34,48 @@ type response struct {
 	keep    []string // named in the response without a body (TTL heartbeat): unchanged
 	remove  []string
 	err     error // the response could not be decoded: NACK it
+	arrived time.Time
+	changed []string // names whose message the response changed, added or removed
 }
 
 type resource struct {
 	msg     proto.Message
 	version string
+}
+
+// decoder decodes resources, handing back the message decoded before for bytes it has seen
+// in the previous response of the type: a SotW response repeats every unchanged resource,
+// and the same message lets the Translator reuse what it translated. Bytes are matched by
+// two 64-bit hashes with random seeds: a collision needs a 128-bit coincidence.
+type decoder struct {
+	s1, s2 maphash.Seed
+	prev   map[string]map[[2]uint64]proto.Message // per type, the last response's messages
+	cur    map[[2]uint64]proto.Message
+}
+
+func newDecoder() *decoder {
+	return &decoder{s1: maphash.MakeSeed(), s2: maphash.MakeSeed(), prev: map[string]map[[2]uint64]proto.Message{}}
+}
+
+// begin starts a response of the type; end makes its messages the ones reused next time.
+func (d *decoder) begin() { d.cur = map[[2]uint64]proto.Message{} }
+
+func (d *decoder) end(typeURL string) { d.prev[typeURL], d.cur = d.cur, nil }
+
+func (d *decoder) decode(typeURL string, res interface {
+	GetTypeUrl() string
+	GetValue() []byte
+}) (proto.Message, string, error) {
+	h := [2]uint64{maphash.Bytes(d.s1, res.GetValue()), maphash.Bytes(d.s2, res.GetValue())}
+	if m, ok := d.prev[typeURL][h]; ok && res.GetTypeUrl() == typeURL {
+		d.cur[h] = m
+		return m, resourceName(m), nil
+	}
+	m, name, err := decode(typeURL, res)
+	if err == nil {
+		d.cur[h] = m
+	}
+	return m, name, err
 }
 
 // stream is one ADS stream.
@@ -65,6 +104,9 @@ type sotwStream struct {
 	version map[string]string   // last version accepted on this stream, per type
 	names   map[string][]string // names requested, per non-wildcard type
 	asked   map[string]bool     // types requested on this stream
+	dec     *decoder
+	// followed is names as a set, made when they change rather than for each response.
+	followed map[string]map[string]bool
 }
 
 func (s *sotwStream) send(req *discoveryv3.DiscoveryRequest) error {
@@ -103,6 +145,11 @@ func (s *sotwStream) subscribe(typeURL string, names []string) error {
 		return nil
 	}
 	s.asked[typeURL], s.names[typeURL] = true, names
+	set := make(map[string]bool, len(names))
+	for _, n := range names {
+		set[n] = true
+	}
+	s.followed[typeURL] = set
 	return s.send(&discoveryv3.DiscoveryRequest{
 		TypeUrl:       typeURL,
 		VersionInfo:   s.version[typeURL],
@@ -116,9 +163,12 @@ func (s *sotwStream) recv() (*response, error) {
 	if err != nil {
 		return nil, err
 	}
+	arrived := time.Now()
 	typ := m.GetTypeUrl()
 	s.nonce[typ] = m.GetNonce()
-	r := &response{typeURL: typ, version: m.GetVersionInfo(), nonce: m.GetNonce(), full: wildcard(typ), upsert: map[string]resource{}}
+	s.dec.begin()
+	defer s.dec.end(typ)
+	r := &response{typeURL: typ, version: m.GetVersionInfo(), nonce: m.GetNonce(), full: wildcard(typ), upsert: map[string]resource{}, arrived: arrived}
 	for _, a := range m.GetResources() {
 		body, heartbeat := a, ""
 		// Resources with a TTL come wrapped; a wrapper without a body renews the resource.
@@ -133,7 +183,7 @@ func (s *sotwStream) recv() (*response, error) {
 				continue
 			}
 		}
-		msg, name, err := decode(typ, body)
+		msg, name, err := s.dec.decode(typ, body)
 		if err == nil {
 			if _, dup := r.upsert[name]; dup {
 				err = fmt.Errorf("%s %q appears twice in one response", typeLabel(typ), name)
@@ -147,10 +197,7 @@ func (s *sotwStream) recv() (*response, error) {
 	}
 	// EDS and RDS responses may carry names no longer followed: leave those out.
 	if !r.full {
-		followed := make(map[string]bool, len(s.names[typ]))
-		for _, n := range s.names[typ] {
-			followed[n] = true
-		}
+		followed := s.followed[typ]
 		maps.DeleteFunc(r.upsert, func(n string, _ resource) bool { return !followed[n] })
 	}
 	return r, nil
@@ -184,6 +231,7 @@ type deltaStream struct {
 	acc        *accepted
 	subscribed map[string]map[string]bool // names followed, per non-wildcard type
 	asked      map[string]bool            // types requested on this stream
+	dec        *decoder
 }
 
 func (s *deltaStream) send(req *discoveryv3.DeltaDiscoveryRequest) error {
@@ -254,13 +302,16 @@ func (s *deltaStream) recv() (*response, error) {
 	if err != nil {
 		return nil, err
 	}
+	arrived := time.Now()
 	typ := m.GetTypeUrl()
-	r := &response{typeURL: typ, version: m.GetSystemVersionInfo(), nonce: m.GetNonce(), upsert: map[string]resource{}, remove: m.GetRemovedResources()}
+	s.dec.begin()
+	defer s.dec.end(typ)
+	r := &response{typeURL: typ, version: m.GetSystemVersionInfo(), nonce: m.GetNonce(), upsert: map[string]resource{}, remove: m.GetRemovedResources(), arrived: arrived}
 	for _, res := range m.GetResources() {
 		if res.GetResource() == nil {
 			continue // TTL heartbeat: the resource stays as it is
 		}
-		msg, name, err := decode(typ, res.GetResource())
+		msg, name, err := s.dec.decode(typ, res.GetResource())
 		if err == nil && res.GetName() != "" && res.GetName() != name {
 			err = fmt.Errorf("%s %q carries a resource named %q", typeLabel(typ), res.GetName(), name)
 		}

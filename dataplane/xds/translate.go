@@ -65,58 +65,240 @@ type State struct {
 // destination; chains without prefix ranges are passthrough and skipped. The chain's
 // tcp_proxy or http_connection_manager names the clusters.
 func Translate(s *State) (model.Config, error) {
-	if err := checkSizes(s); err != nil {
+	return new(Translator).Translate(s)
+}
+
+// Translator translates like Translate, remembering per-resource results between calls so
+// that a state that differs in a few resources costs a walk over the maps plus the services
+// those resources feed. Results are remembered by resource name together with the message
+// they came from, and reused only for that same message: the client hands over the same
+// message for a resource that did not change, and messages are never modified once decoded.
+// The zero value is ready to use; a Translator is not safe for concurrent use.
+type Translator struct {
+	m   *memo
+	idx *index // of the last full Translate that succeeded
+	// Assembled counts services built from their resources rather than taken from the memo.
+	Assembled int
+}
+
+type memo struct {
+	sizes     [4]map[string]sized // listeners, routes, clusters, endpoints
+	listeners map[string]*listenerMemo
+	routes    map[string]*routeMemo
+	clusters  map[string]*clusterResult
+	services  map[model.Key]*serviceResult
+}
+
+type sized struct {
+	msg proto.Message
+	n   int
+}
+
+type listenerMemo struct {
+	l      *listenerv3.Listener
+	fes    []frontend
+	err    error
+	routes []string // the RDS names its chains use
+}
+
+type routeMemo struct {
+	rc  *routev3.RouteConfiguration
+	ts  []target
+	err error
+}
+
+// serviceResult is a service as assembled from its chain and clusters.
+type serviceResult struct {
+	chain    *listenerv3.FilterChain
+	targets  []target
+	backends []*clusterResult
+	svc      model.Service
+	st       status
+}
+
+func (tr *Translator) memo() *memo {
+	if tr.m == nil {
+		tr.m = &memo{listeners: map[string]*listenerMemo{}, routes: map[string]*routeMemo{},
+			clusters: map[string]*clusterResult{}, services: map[model.Key]*serviceResult{}}
+		for i := range tr.m.sizes {
+			tr.m.sizes[i] = map[string]sized{}
+		}
+	}
+	return tr.m
+}
+
+// sweep drops what the state no longer names, once the memo has more entries than the state.
+func sweep[K comparable, V, W any](m map[K]V, live map[K]W) {
+	if len(m) > len(live) {
+		for k := range m {
+			if _, ok := live[k]; !ok {
+				delete(m, k)
+			}
+		}
+	}
+}
+
+// index says which services an endpoint assignment feeds, for UpdateEndpoints.
+type index struct {
+	fes       []frontend          // every frontend in translation order
+	byCluster map[string][]int    // cluster name -> positions in fes of the services sending to it
+	byEDS     map[string][]string // EDS service name -> the clusters taking their endpoints from it
+}
+
+// Translate is the package's Translate, reusing what earlier calls translated.
+func (tr *Translator) Translate(s *State) (model.Config, error) {
+	m := tr.memo()
+	tr.idx = nil
+	idx := &index{byCluster: map[string][]int{}, byEDS: map[string][]string{}}
+	servedBy := map[model.Key]string{} // the chain that made each service, for duplicate errors
+	defer func() {
+		sweep(m.sizes[0], s.Listeners)
+		sweep(m.sizes[1], s.Routes)
+		sweep(m.sizes[2], s.Clusters)
+		sweep(m.sizes[3], s.Endpoints)
+		sweep(m.listeners, s.Listeners)
+		sweep(m.routes, s.Routes)
+		sweep(m.clusters, s.Clusters)
+		sweep(m.services, servedBy)
+	}()
+	if err := tr.checkSizes(s); err != nil {
 		return model.Config{}, err
 	}
-	t := translator{s: s, clusters: map[string]clusterResult{}, settled: map[origin]bool{}}
-	cfg := model.Config{Services: map[model.Key]model.Service{}}
-	servedBy := map[model.Key]string{} // the chain that made each service, for duplicate errors
+	t := translator{s: s, tr: tr, clusters: map[string]*clusterResult{}, settled: map[origin]bool{},
+		used: func(c string) { idx.byCluster[c] = append(idx.byCluster[c], len(idx.fes)) }}
+	cfg := model.Config{Services: make(map[model.Key]model.Service, len(m.services))}
 	for _, name := range slices.Sorted(maps.Keys(s.Listeners)) {
-		fes, err := frontends(name, s.Listeners[name])
-		if err != nil {
-			return model.Config{}, err
+		lm := tr.listener(name, s.Listeners[name])
+		if lm.err != nil {
+			return model.Config{}, lm.err
 		}
-		for _, fe := range fes {
+		for _, fe := range lm.fes {
 			if other, dup := servedBy[fe.key]; dup {
 				return model.Config{}, fmt.Errorf("%s and %s both serve %s: onehop needs exactly one listener chain per VIP:port", other, fe.where, fe.key)
 			}
 			servedBy[fe.key] = fe.where
-			svc, st, err := t.service(fe)
-			if err != nil {
+			if err := t.put(cfg, fe); err != nil {
 				return model.Config{}, err
 			}
-			switch st {
-			case ready:
-				cfg.Services[fe.key] = svc
-			case pending:
-				if prev, ok := s.Previous.Services[fe.key]; ok {
-					cfg.Services[fe.key] = prev
-				}
-			case noHealthy:
-				// Left out: with the service gone the kernel stops steering the VIP, rather
-				// than sending connections to endpoints known to be down.
-			}
+			idx.fes = append(idx.fes, fe)
 			if len(cfg.Services) > MaxServices {
 				return model.Config{}, fmt.Errorf("more than %d services in total (at listener %q): onehop does not program more", MaxServices, name)
 			}
 		}
 	}
+	for name, c := range s.Clusters {
+		if c.GetClusterType() == nil && c.GetType() == clusterv3.Cluster_EDS {
+			n := edsName(name, c)
+			idx.byEDS[n] = append(idx.byEDS[n], name)
+		}
+	}
+	tr.idx = idx
 	return cfg, nil
 }
 
-func checkSizes(s *State) error {
+// put translates the frontend's service into cfg, or takes it out.
+func (t *translator) put(cfg model.Config, fe frontend) error {
+	svc, st, err := t.service(fe)
+	if err != nil {
+		return err
+	}
+	switch st {
+	case ready:
+		cfg.Services[fe.key] = svc
+	case pending:
+		if prev, ok := t.s.Previous.Services[fe.key]; ok {
+			cfg.Services[fe.key] = prev
+		} else {
+			delete(cfg.Services, fe.key)
+		}
+	case noHealthy:
+		// Left out: with the service gone the kernel stops steering the VIP, rather
+		// than sending connections to endpoints known to be down.
+		delete(cfg.Services, fe.key)
+	}
+	return nil
+}
+
+// UpdateEndpoints translates s, which differs from the state of the last successful
+// Translate only in the endpoint assignments named in changed, by re-translating just the
+// services those feed. s.Previous must be what that Translate returned (or what an
+// UpdateEndpoints since returned for the state before s). It returns the config and the
+// services that differ from s.Previous. ok is false when it cannot be sure to give what
+// Translate would (no index, or a limit is hit): call Translate instead.
+func (tr *Translator) UpdateEndpoints(s *State, changed []string) (cfg model.Config, diff []model.Key, ok bool, err error) {
+	idx := tr.idx
+	if idx == nil {
+		return model.Config{}, nil, false, nil
+	}
+	sizes := tr.memo().sizes[3]
+	var at []int
+	for _, n := range changed {
+		if cla := s.Endpoints[n]; cla != nil {
+			e, ok := sizes[n]
+			if !ok || e.msg != proto.Message(cla) {
+				e = sized{cla, proto.Size(cla)}
+				sizes[n] = e
+			}
+			if e.n > MaxResourceBytes {
+				return model.Config{}, nil, false, nil // Translate names the largest one
+			}
+		} else {
+			delete(sizes, n)
+		}
+		for _, c := range idx.byEDS[n] {
+			at = append(at, idx.byCluster[c]...)
+		}
+	}
+	// In translation order, so the error is the one Translate would give.
+	slices.Sort(at)
+	at = slices.Compact(at)
+	t := translator{s: s, tr: tr, clusters: map[string]*clusterResult{}, settled: map[origin]bool{}}
+	cfg = model.Config{Services: maps.Clone(s.Previous.Services)}
+	if cfg.Services == nil {
+		cfg.Services = map[model.Key]model.Service{}
+	}
+	for _, i := range at {
+		fe := idx.fes[i]
+		if err := t.put(cfg, fe); err != nil {
+			return model.Config{}, nil, true, err
+		}
+		old, had := s.Previous.Services[fe.key]
+		svc, has := cfg.Services[fe.key]
+		if had != has || (has && !sameService(old, svc)) {
+			diff = append(diff, fe.key)
+		}
+	}
+	if len(cfg.Services) > MaxServices {
+		return model.Config{}, nil, false, nil // Translate names the listener
+	}
+	return cfg, diff, true, nil
+}
+
+func sameService(x, y model.Service) bool {
+	return x.Key == y.Key && x.Name == y.Name && x.Policy == y.Policy &&
+		slices.EqualFunc(x.Priorities, y.Priorities, slices.Equal[[]model.Endpoint])
+}
+
+func (tr *Translator) checkSizes(s *State) error {
+	sz := tr.memo().sizes
 	return errors.Join(
-		checkSize("listener", s.Listeners),
-		checkSize("route_configuration", s.Routes),
-		checkSize("cluster", s.Clusters),
-		checkSize("cluster_load_assignment", s.Endpoints),
+		checkSize(sz[0], "listener", s.Listeners),
+		checkSize(sz[1], "route_configuration", s.Routes),
+		checkSize(sz[2], "cluster", s.Clusters),
+		checkSize(sz[3], "cluster_load_assignment", s.Endpoints),
 	)
 }
 
-func checkSize[M proto.Message](kind string, m map[string]M) error {
+func checkSize[M proto.Message](memo map[string]sized, kind string, m map[string]M) error {
 	var over []string
 	for name, r := range m {
-		if proto.Size(r) > MaxResourceBytes {
+		// Encoding size is a walk over the whole message: only new messages are measured.
+		e, ok := memo[name]
+		if !ok || e.msg != proto.Message(r) {
+			e = sized{r, proto.Size(r)}
+			memo[name] = e
+		}
+		if e.n > MaxResourceBytes {
 			over = append(over, name)
 		}
 	}
@@ -127,12 +309,47 @@ func checkSize[M proto.Message](kind string, m map[string]M) error {
 	return fmt.Errorf("%s %q is %d bytes encoded, more than the %d onehop accepts", kind, name, proto.Size(m[name]), MaxResourceBytes)
 }
 
+func (tr *Translator) listener(name string, l *listenerv3.Listener) *listenerMemo {
+	lm := tr.memo().listeners[name]
+	if lm == nil || lm.l != l {
+		lm = &listenerMemo{l: l, routes: listenerRoutes(l)}
+		lm.fes, lm.err = frontends(name, l)
+		tr.m.listeners[name] = lm
+	}
+	return lm
+}
+
+func (tr *Translator) routeTargets(rc *routev3.RouteConfiguration) ([]target, error) {
+	rm := tr.memo().routes[rc.GetName()]
+	if rm == nil || rm.rc != rc {
+		rm = &routeMemo{rc: rc}
+		rm.ts, rm.err = routeTargets(rc)
+		tr.m.routes[rc.GetName()] = rm
+	}
+	return rm.ts, rm.err
+}
+
+// routeNames is the package's routeNames, reading each listener's chains once.
+func (tr *Translator) routeNames(ls map[string]*listenerv3.Listener) []string {
+	set := map[string]bool{}
+	for name, l := range ls {
+		for _, n := range tr.listener(name, l).routes {
+			set[n] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
 // frontend is one VIP:port served by a listener filter chain.
 type frontend struct {
 	key      model.Key
 	listener string
 	where    string // `listener "x" chain "y"`, for errors
 	chain    *listenerv3.FilterChain
+	// The chain's network filter, unpacked once for all its VIPs.
+	tp   *tcpproxyv3.TcpProxy
+	h    *hcmv3.HttpConnectionManager
+	ferr error
 }
 
 func frontends(name string, l *listenerv3.Listener) ([]frontend, error) {
@@ -196,12 +413,18 @@ func frontends(name string, l *listenerv3.Listener) ([]frontend, error) {
 			}
 			vips = append(vips, a)
 		}
+		var tp *tcpproxyv3.TcpProxy
+		var h *hcmv3.HttpConnectionManager
+		var ferr error
+		if len(vips) > 0 {
+			tp, h, ferr = networkFilter(fc)
+		}
 		for _, vip := range vips {
 			key := model.Key{VIP: vip, Port: p, Proto: model.TCP}
 			if isDefault && slices.ContainsFunc(out, func(f frontend) bool { return f.key == key }) {
 				continue // the default chain only gets what no other chain matched
 			}
-			out = append(out, frontend{key: key, listener: name, where: cw, chain: fc})
+			out = append(out, frontend{key: key, listener: name, where: cw, chain: fc, tp: tp, h: h, ferr: ferr})
 		}
 	}
 	return out, nil
@@ -249,15 +472,23 @@ func networkFilter(fc *listenerv3.FilterChain) (*tcpproxyv3.TcpProxy, *hcmv3.Htt
 func routeNames(ls map[string]*listenerv3.Listener) []string {
 	set := map[string]bool{}
 	for _, l := range ls {
-		for _, fc := range append(slices.Clip(l.GetFilterChains()), l.GetDefaultFilterChain()) {
-			if _, h, err := networkFilter(fc); err == nil {
-				if n := h.GetRds().GetRouteConfigName(); n != "" {
-					set[n] = true
-				}
-			}
+		for _, n := range listenerRoutes(l) {
+			set[n] = true
 		}
 	}
 	return slices.Sorted(maps.Keys(set))
+}
+
+func listenerRoutes(l *listenerv3.Listener) []string {
+	var out []string
+	for _, fc := range append(slices.Clip(l.GetFilterChains()), l.GetDefaultFilterChain()) {
+		if _, h, err := networkFilter(fc); err == nil {
+			if n := h.GetRds().GetRouteConfigName(); n != "" && !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
 }
 
 // endpointNames returns the EDS names of the EDS clusters, for the client's subscription.
@@ -288,8 +519,10 @@ const (
 
 type translator struct {
 	s        *State
-	clusters map[string]clusterResult // memo: many services share a cluster
-	settled  map[origin]bool          // memo: resources unchanged from their accepted version
+	tr       *Translator
+	clusters map[string]*clusterResult // memo: many services share a cluster
+	used     func(cluster string)      // told each cluster a service sends to (nil: not told)
+	settled  map[origin]bool           // memo: resources unchanged from their accepted version
 }
 
 // origin is the resource that names a service's clusters: a listener (tcp_proxy or inline
@@ -327,7 +560,12 @@ func (t *translator) service(fe frontend) (model.Service, status, error) {
 	if err != nil || st != ready {
 		return model.Service{}, st, wrap(fe.where, err)
 	}
-	backends := make([]clusterResult, len(targets))
+	backends := make([]*clusterResult, len(targets))
+	if t.used != nil {
+		for _, tg := range targets {
+			t.used(tg.cluster)
+		}
+	}
 	st = ready
 	for i, tg := range targets {
 		b := t.cluster(tg.cluster)
@@ -344,6 +582,20 @@ func (t *translator) service(fe frontend) (model.Service, status, error) {
 	if st == pending {
 		return model.Service{}, pending, nil
 	}
+	if r, ok := t.tr.m.services[fe.key]; ok &&
+		r.chain == fe.chain && slices.Equal(r.targets, targets) && slices.Equal(r.backends, backends) {
+		return r.svc, r.st, nil
+	}
+	svc, st, err := assemble(fe, targets, backends)
+	if err == nil {
+		t.tr.Assembled++
+		t.tr.m.services[fe.key] = &serviceResult{chain: fe.chain, targets: targets, backends: backends, svc: svc, st: st}
+	}
+	return svc, st, err
+}
+
+// assemble builds the service from its clusters' endpoints.
+func assemble(fe frontend, targets []target, backends []*clusterResult) (model.Service, status, error) {
 	svc := model.Service{Key: fe.key, Name: targets[0].cluster, Policy: backends[0].policy}
 	if len(targets) > 1 {
 		svc.Name = fe.listener
@@ -405,7 +657,7 @@ func wrap(where string, err error) error {
 // targets returns the clusters the chain sends to and the resource that names them.
 func (t *translator) targets(fe frontend) ([]target, origin, status, error) {
 	from := origin{name: fe.listener}
-	tp, h, err := networkFilter(fe.chain)
+	tp, h, err := fe.tp, fe.h, fe.ferr
 	if err != nil {
 		return nil, from, 0, err
 	}
@@ -437,7 +689,7 @@ func (t *translator) targets(fe frontend) ([]target, origin, status, error) {
 	} else if rc == nil {
 		return nil, from, 0, errors.New("http_connection_manager: neither route_config nor rds (scoped routes are not supported)")
 	}
-	ts, err := routeTargets(rc)
+	ts, err := t.tr.routeTargets(rc)
 	if err != nil {
 		return nil, from, 0, fmt.Errorf("route_configuration %q: %w", rc.GetName(), err)
 	}
@@ -512,8 +764,10 @@ func checkWeights(ts []target) ([]target, error) {
 	return out, nil
 }
 
-// clusterResult is one cluster, translated once per Translate.
+// clusterResult is one cluster, translated once per cluster and endpoint assignment message.
 type clusterResult struct {
+	c       *clusterv3.Cluster
+	cla     *endpointv3.ClusterLoadAssignment // the EDS one, nil for others
 	policy  model.Policy
 	levels  [][]weighted // healthy endpoints by priority, empty levels dropped
 	missing bool         // not in CDS: an error or pending, depending on who names it
@@ -526,20 +780,32 @@ type weighted struct {
 	w    uint64
 }
 
-func (t *translator) cluster(name string) clusterResult {
+func (t *translator) cluster(name string) *clusterResult {
 	if r, ok := t.clusters[name]; ok {
 		return r
 	}
-	r := t.translateCluster(name)
+	c, ok := t.s.Clusters[name]
+	if !ok {
+		r := &clusterResult{missing: true}
+		t.clusters[name] = r
+		return r
+	}
+	var cla *endpointv3.ClusterLoadAssignment
+	if c.GetType() == clusterv3.Cluster_EDS {
+		cla = t.s.Endpoints[edsName(name, c)]
+	}
+	r, ok := t.tr.m.clusters[name]
+	if !ok || r.c != c || r.cla != cla {
+		v := translateCluster(name, c, cla)
+		v.c, v.cla = c, cla
+		r = &v
+		t.tr.m.clusters[name] = r
+	}
 	t.clusters[name] = r
 	return r
 }
 
-func (t *translator) translateCluster(name string) clusterResult {
-	c, ok := t.s.Clusters[name]
-	if !ok {
-		return clusterResult{missing: true}
-	}
+func translateCluster(name string, c *clusterv3.Cluster, eds *endpointv3.ClusterLoadAssignment) clusterResult {
 	policy, err := lbPolicy(c)
 	if err != nil {
 		return clusterResult{err: fmt.Errorf("cluster %q: %w", name, err)}
@@ -550,7 +816,7 @@ func (t *translator) translateCluster(name string) clusterResult {
 	var cla *endpointv3.ClusterLoadAssignment
 	switch c.GetType() {
 	case clusterv3.Cluster_EDS:
-		if cla = t.s.Endpoints[edsName(name, c)]; cla == nil {
+		if cla = eds; cla == nil {
 			return clusterResult{pending: true} // warming: EDS not arrived yet
 		}
 	case clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS:
