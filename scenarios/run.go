@@ -78,15 +78,17 @@ type plannedRun struct {
 
 // plan orders runs so that variants alternate innermost: every variant is measured within
 // seconds of the others at the same settings, which keeps drift on a shared machine out of the
-// comparison.
+// comparison. The variants' order rotates with each repetition, so that none always runs first
+// (a run right after another one measures a few percent differently on this kind of machine).
 func (s *Scenario) plan() []plannedRun {
 	var out []plannedRun
+	n := len(s.Variants)
 	for rep := 1; rep <= s.Load.Repetitions; rep++ {
 		for _, ka := range s.Load.KeepAlive {
 			for _, c := range s.Load.Connections {
 				for _, pl := range s.Placements {
-					for _, v := range s.Variants {
-						out = append(out, plannedRun{v, pl, c, ka, rep})
+					for i := range s.Variants {
+						out = append(out, plannedRun{s.Variants[(i+rep-1)%n], pl, c, ka, rep})
 					}
 				}
 			}
@@ -179,6 +181,19 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 	return res, path, nil
 }
 
+// Plan lists the IDs of a scenario's runs in the order they will be measured.
+func Plan(s *Scenario) []string {
+	var out []string
+	for _, p := range s.plan() {
+		out = append(out, p.id())
+	}
+	return out
+}
+
+func (p plannedRun) id() string {
+	return fmt.Sprintf("%s/%s/c%d/%s/r%d", p.variant, p.placement, p.connections, map[bool]string{true: "keepalive", false: "newconn"}[p.keepAlive], p.rep)
+}
+
 // cpuWindow samples CPU between the load's measure-start and measure-end markers.
 type cpuWindow struct {
 	s     *cpu.Sampler
@@ -203,7 +218,7 @@ func (r *Runner) measure(ctx context.Context, c clusters.Cluster, targets []cpu.
 		Warmup: s.Load.Warmup.D(), KeepAlive: p.keepAlive, PayloadBytes: *s.Load.PayloadBytes,
 		Resolution: s.Load.Resolution.D(), CatchUp: *s.Load.CatchUp, Uniform: true, Timeout: s.Load.Timeout.D()}
 	run := bench.Run{
-		ID:      fmt.Sprintf("%s/%s/c%d/%s/r%d", p.variant, p.placement, p.connections, map[bool]string{true: "keepalive", false: "newconn"}[p.keepAlive], p.rep),
+		ID:      p.id(),
 		Variant: p.variant, Placement: p.placement, Connections: p.connections, KeepAlive: p.keepAlive,
 		Mode: s.Load.Mode, RequestedQPS: s.Load.QPS, Duration: s.Load.Duration.D(), PayloadBytes: *s.Load.PayloadBytes,
 		Repetition: p.rep, Target: url, StartedAt: time.Now().UTC(),

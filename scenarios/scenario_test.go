@@ -227,3 +227,16 @@ func TestZeroWarmupAndPayloadAreKept(t *testing.T) {
 		t.Errorf("warmup %v payload %d, want 0 and 0", s.Load.Warmup.D(), *s.Load.PayloadBytes)
 	}
 }
+
+// Every variant runs first in some repetition, and each point has every variant once per rep.
+func TestPlanRotatesVariantOrder(t *testing.T) {
+	s, err := scenarios.Parse("t", []byte("name: t\nvariants: [baseline, onehop]\nplacements: [same-node]\nload: {connections: [1], repetitions: 2}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := scenarios.Plan(s)
+	want := []string{"baseline/same-node/c1/keepalive/r1", "onehop/same-node/c1/keepalive/r1", "onehop/same-node/c1/keepalive/r2", "baseline/same-node/c1/keepalive/r2"}
+	if !slices.Equal(order, want) {
+		t.Errorf("plan = %v, want %v", order, want)
+	}
+}
