@@ -31,7 +31,7 @@ import (
 // (what a DaemonSet manifest sets).
 type config struct {
 	nodeID, xdsAddr, cgroup, bpffs, metricsAddr, adminSocket, logLevel, pprofAddr string
-	delta                                                                         bool
+	delta, trackConns                                                             bool
 }
 
 func envOr(name, def string) string {
@@ -52,6 +52,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.adminSocket, "admin-socket", envOr("ONEHOP_ADMIN_SOCKET", "/run/onehop/agent.sock"), "unix socket of the same API plus /enroll [ONEHOP_ADMIN_SOCKET]")
 	fs.StringVar(&c.pprofAddr, "pprof-address", envOr("ONEHOP_PPROF_ADDRESS", ""), "address of Go's /debug/pprof/ (profiling); empty disables [ONEHOP_PPROF_ADDRESS]")
 	fs.StringVar(&c.logLevel, "log-level", envOr("ONEHOP_LOG_LEVEL", "info"), "debug, info, warn or error [ONEHOP_LOG_LEVEL]")
+	track, _ := strconv.ParseBool(envOr("ONEHOP_TRACK_CONNECTIONS", "true"))
+	fs.BoolVar(&c.trackConns, "track-connections", track, "track established connections with sockops (costs a few percent of a new connection's latency) [ONEHOP_TRACK_CONNECTIONS]")
 	delta, _ := strconv.ParseBool(envOr("ONEHOP_XDS_DELTA", "false"))
 	fs.BoolVar(&c.delta, "delta", delta, "use incremental (Delta) xDS instead of State-of-the-World [ONEHOP_XDS_DELTA]")
 	if err := fs.Parse(args); err != nil {
@@ -95,7 +97,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	dp, err := datapath.Load(datapath.Options{Metrics: dpm})
+	dp, err := datapath.Load(datapath.Options{Metrics: dpm, NoConnTracking: !cfg.trackConns})
 	if err != nil {
 		return err
 	}

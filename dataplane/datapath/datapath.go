@@ -24,7 +24,12 @@ type Options struct {
 	MaxSlots    int // slot entries of all services, both generations (oh_slots); default 262144
 	MaxConns    int // tracked connections and remembered VIPs (oh_conns, oh_origdst); default 65536
 	MaxNetns    int // enrolled network namespaces (oh_enrolled); default 1024
-	Metrics     *Metrics
+	// NoConnTracking leaves the sockops program unattached: no oh_conns table, and VIPs
+	// remembered for getpeername leave oh_origdst by LRU eviction instead of at close (socket
+	// cookies are never reused, so a stale entry is never read). It saves the per-connection
+	// tracking work, a few percent of a new connection's latency.
+	NoConnTracking bool
+	Metrics        *Metrics
 }
 
 func (o Options) withDefaults() Options {
@@ -50,6 +55,7 @@ type Datapath struct {
 	links    []attachment
 	counters []string // kernel counter names by index, from the C enum
 	metrics  *Metrics
+	noTrack  bool
 }
 
 type attachment struct {
@@ -90,7 +96,7 @@ func Load(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load onehop datapath: %w", err)
 	}
-	d := &Datapath{counters: names, metrics: opts.Metrics}
+	d := &Datapath{counters: names, metrics: opts.Metrics, noTrack: opts.NoConnTracking}
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 		return nil, loadError(err)
 	}
@@ -170,6 +176,9 @@ func (d *Datapath) Attach(cgroupPath string) error {
 		{"cgroup/getpeername6", ebpf.AttachCgroupInet6GetPeername, d.objs.OhGetpeername6},
 		{"sockops", ebpf.AttachCGroupSockOps, d.objs.OhSockops},
 	} {
+		if p.attach == ebpf.AttachCGroupSockOps && d.noTrack {
+			continue
+		}
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: p.attach, Program: p.prog})
 		if err != nil {
 			for _, a := range done {

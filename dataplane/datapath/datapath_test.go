@@ -315,3 +315,40 @@ func TestAttachRefusesAPathThatIsNoCgroup(t *testing.T) {
 		t.Fatalf("Attach(%s) = %v, want an error naming the path and saying it is not a cgroup v2 directory", dir, err)
 	}
 }
+
+// With tracking off, VIPs are still balanced and reported by getpeername, but no connection is
+// tracked and no sockops program is attached.
+func TestNoConnTrackingStillBalances(t *testing.T) {
+	opts := testOptions
+	opts.NoConnTracking = true
+	l := newLab(t, opts)
+	bs := l.backends("127.0.0.2")
+	l.apply(service("10.96.200.1:80", model.Random, bs))
+	before, err := l.dp.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := l.start(clientJob{Target: "10.96.200.1:80", Count: 1, Hold: true})
+	r, ok := c.next(t)
+	if !ok || r.Err != "" {
+		t.Fatalf("client: %+v (stderr %s)", r, c.stderr.String())
+	}
+	if r.Peer != "10.96.200.1:80" {
+		t.Errorf("getpeername returned %s, want the VIP", r.Peer)
+	}
+	if conns, err := l.dp.Conns(); err != nil || len(conns) != 0 {
+		t.Errorf("Conns() = %+v, %v; want none with tracking off", conns, err)
+	}
+	c.stdin.Write([]byte("close\n"))
+	c.wait(t)
+	after, _ := l.dp.Counters()
+	if after["conns_opened"] != before["conns_opened"] || after["connect_balanced"]-before["connect_balanced"] != 1 {
+		t.Errorf("counters: conns_opened %d -> %d (want unchanged), connect_balanced grew %d (want 1)",
+			before["conns_opened"], after["conns_opened"], after["connect_balanced"]-before["connect_balanced"])
+	}
+	for _, a := range l.dp.links {
+		if a.prog == "sockops" {
+			t.Error("sockops is attached although tracking is off")
+		}
+	}
+}
