@@ -6,10 +6,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/onehop-mesh/onehop/internal/netnsrun"
 )
 
 // run executes a command and returns its output; a failure carries the command and its stderr.
@@ -58,33 +57,4 @@ func netnsExists(name string) bool {
 
 // inNetns runs fn on an OS thread switched into the named network namespace. Sockets created by
 // fn stay in that namespace after the thread switches back.
-func inNetns(name string, fn func() error) error {
-	target, err := os.Open(netnsPath(name))
-	if err != nil {
-		return fmt.Errorf("open network namespace %s: %w", name, err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace %s: %w", name, err)
-			return
-		}
-		ferr := fn()
-		// If the thread cannot go back it stays locked, and Go discards it when the goroutine ends.
-		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
+func inNetns(name string, fn func() error) error { return netnsrun.Do(netnsPath(name), fn) }
