@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"syscall"
 	"time"
@@ -101,6 +102,15 @@ type Process struct {
 	LogPath string
 	// Exited is closed when a detached process has exited (it is reaped for the caller).
 	Exited chan struct{}
+}
+
+// LogTail returns the last n bytes of the process's log, for error messages.
+func (p *Process) LogTail(n int) string {
+	b, _ := os.ReadFile(p.LogPath)
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
 }
 
 // Stop ends a detached process: SIGTERM, then SIGKILL if it is still running after grace.

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/onehop-mesh/onehop/clusters"
 )
@@ -73,8 +72,7 @@ func (d *Driver) Run(ctx context.Context, o Options, w Window) (json.RawMessage,
 	pw.Close()
 	out := <-done
 	if out.err == nil && werr != nil {
-		log, _ := os.ReadFile(proc.LogPath)
-		out.err = fmt.Errorf("%w; log %s:\n%s", werr, proc.LogPath, lastBytes(log, 1500))
+		out.err = fmt.Errorf("%w; log %s:\n%s", werr, proc.LogPath, proc.LogTail(1500))
 	}
 	if out.err == nil && out.result == nil {
 		out.err = errors.New("the load process ended without a result")
@@ -83,11 +81,4 @@ func (d *Driver) Run(ctx context.Context, o Options, w Window) (json.RawMessage,
 		return nil, fmt.Errorf("fortio load from pod %s to %s: %w", d.ClientPod, o.URL, out.err)
 	}
 	return out.result, nil
-}
-
-func lastBytes(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
 }

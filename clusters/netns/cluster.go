@@ -440,18 +440,10 @@ func (c *Cluster) startWorkload(ctx context.Context, pod clusters.Pod) error {
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			log, _ := os.ReadFile(proc.LogPath)
-			return fmt.Errorf("pod %s: workload %s did not listen on port %d within 15s: %v; log %s:\n%s", pod.Name, w.Kind, w.Port, err, proc.LogPath, tail(log, 2000))
+			return fmt.Errorf("pod %s: workload %s did not listen on port %d within 15s: %v; log %s:\n%s", pod.Name, w.Kind, w.Port, err, proc.LogPath, proc.LogTail(2000))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func tail(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
 }
 
 // Dial opens a socket from inside a pod's network namespace (address must be a literal IP).

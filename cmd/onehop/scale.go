@@ -24,6 +24,7 @@ import (
 	"github.com/onehop-mesh/onehop/bench/sysinfo"
 	"github.com/onehop-mesh/onehop/clusters/controlplane"
 	"github.com/onehop-mesh/onehop/clusters/services"
+	"github.com/onehop-mesh/onehop/dataplane/agent"
 )
 
 // ScaleResult is what `onehop bench-scale` measures, for one xDS mode.
@@ -152,20 +153,18 @@ func scaleRun(ctx context.Context, nsvc, neps, changes int, delta bool, pprofAdd
 	if delta {
 		args = append(args, "--delta")
 	}
-	agent := exec.Command(filepath.Join(filepath.Dir(self), "onehop-agent"), args...)
+	proc := exec.Command(filepath.Join(filepath.Dir(self), "onehop-agent"), args...)
 	logf, _ := os.Create(filepath.Join(dir, "agent.log"))
-	agent.Stdout, agent.Stderr = logf, logf
+	proc.Stdout, proc.Stderr = logf, logf
 	start := time.Now()
-	if err := agent.Start(); err != nil {
+	if err := proc.Start(); err != nil {
 		return mode, fmt.Errorf("start onehop-agent (run `make build`): %w", err)
 	}
 	defer func() {
-		agent.Process.Signal(syscall.SIGTERM)
-		agent.Wait()
+		proc.Process.Signal(syscall.SIGTERM)
+		proc.Wait()
 	}()
-	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}}
+	client := agent.Client(sock)
 	for {
 		if resp, err := client.Get("http://agent/readyz"); err == nil {
 			resp.Body.Close()
@@ -182,7 +181,7 @@ func scaleRun(ctx context.Context, nsvc, neps, changes int, delta bool, pprofAdd
 	mode.ReadySeconds = time.Since(start).Seconds()
 	m := metrics(client)
 	mode.FullApplySeconds = m["onehop_agent_apply_duration_seconds_sum"]
-	mode.RSSBytes, mode.PeakRSSBytes = rss(agent.Process.Pid)
+	mode.RSSBytes, mode.PeakRSSBytes = rss(proc.Process.Pid)
 	if got := m["onehop_agent_programmed_endpoints"]; got != float64(nsvc*neps) {
 		return mode, fmt.Errorf("agent programmed %v endpoints, want %d", got, nsvc*neps)
 	}

@@ -3,12 +3,15 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -38,6 +41,14 @@ type Server struct {
 
 	mu       sync.Mutex
 	enrolled map[string]uint64 // netns path -> cookie
+}
+
+// Client talks HTTP to an agent over its admin unix socket (the host part of URLs is ignored).
+func Client(sock string) *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
 }
 
 // EnrollRequest is the body of /enroll.

@@ -177,14 +177,6 @@ func (o *Onehop) stop() error {
 	return errors.Join(errs...)
 }
 
-// adminClient talks HTTP to an agent over its unix socket.
-func adminClient(sock string) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		}}}
-}
-
 // Enroll asks a node's agent to serve (or stop serving) the pod whose network namespace is netns.
 func Enroll(ctx context.Context, sock, netns string, on bool) error {
 	body, _ := json.Marshal(agent.EnrollRequest{Netns: netns})
@@ -193,7 +185,7 @@ func Enroll(ctx context.Context, sock, netns string, on bool) error {
 		method = http.MethodDelete
 	}
 	req, _ := http.NewRequestWithContext(ctx, method, "http://agent/enroll", bytes.NewReader(body))
-	resp, err := adminClient(sock).Do(req)
+	resp, err := agent.Client(sock).Do(req)
 	if err != nil {
 		return fmt.Errorf("enroll %s via %s: %w", netns, sock, err)
 	}
@@ -208,12 +200,12 @@ func Enroll(ctx context.Context, sock, netns string, on bool) error {
 // waitReady polls the agent's /readyz until it has programmed its first config.
 func waitReady(ctx context.Context, sock string, p *clusters.Process) error {
 	deadline := time.Now().Add(30 * time.Second)
-	client := adminClient(sock)
+	client := agent.Client(sock)
 	last := "no answer"
 	for time.Now().Before(deadline) {
 		select {
 		case <-p.Exited:
-			return fmt.Errorf("exited before it was ready; log %s:\n%s", p.LogPath, logTail(p.LogPath))
+			return fmt.Errorf("exited before it was ready; log %s:\n%s", p.LogPath, p.LogTail(2000))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
@@ -231,13 +223,5 @@ func waitReady(ctx context.Context, sock string, p *clusters.Process) error {
 		}
 		last = strings.TrimSpace(string(b))
 	}
-	return fmt.Errorf("not ready after 30s (%s); log %s:\n%s", last, p.LogPath, logTail(p.LogPath))
-}
-
-func logTail(path string) string {
-	b, _ := os.ReadFile(path)
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return string(b)
+	return fmt.Errorf("not ready after 30s (%s); log %s:\n%s", last, p.LogPath, p.LogTail(2000))
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/clusters/netns"
+	"github.com/onehop-mesh/onehop/dataplane/agent"
 	"github.com/onehop-mesh/onehop/internal/testbin"
 )
 
@@ -203,7 +204,7 @@ func TestOnehopFollowsEndpointChanges(t *testing.T) {
 func TestOnehopAgentMetrics(t *testing.T) {
 	c, _ := onehopLab(t)
 	get(t, c, "onehop-client", "http://"+vip(t, c, "onehop")+"/echo")
-	resp, err := adminClient(AgentSocket(c, "n1")).Get("http://agent/metrics")
+	resp, err := agent.Client(AgentSocket(c, "n1")).Get("http://agent/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
