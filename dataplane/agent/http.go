@@ -30,12 +30,14 @@ type Enroller interface {
 //	GET  /healthz  200 while the programs are attached
 //	GET  /readyz   200 once the first xDS config is programmed
 //	GET  /metrics  Prometheus metrics
+//	GET  /status   JSON summary: ready, and what Status returns (cheap enough to poll)
 //	POST /enroll   {"netns": "/run/netns/x"}: serve that pod's connections
 //	DELETE /enroll {"netns": ...}: stop serving them; GET /enroll lists enrolled namespaces
 type Server struct {
 	Enroller Enroller
 	Ready    func() bool
 	Healthy  func() error
+	Status   func() any // optional: what /status reports beside readiness
 	Registry *prometheus.Registry
 	Log      *slog.Logger
 
@@ -49,6 +51,12 @@ func Client(sock string) *http.Client {
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 		}}}
+}
+
+// StatusReply is the body of /status.
+type StatusReply struct {
+	Ready      bool `json:"ready"`
+	Programmed any  `json:"programmed,omitempty"`
 }
 
 // EnrollRequest is the body of /enroll.
@@ -73,12 +81,20 @@ func (s *Server) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		st := StatusReply{Ready: s.Ready()}
+		if s.Status != nil {
+			st.Programmed = s.Status()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(st)
+	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("POST /enroll", s.enroll(true))
 	mux.HandleFunc("DELETE /enroll", s.enroll(false))
 	mux.HandleFunc("GET /enroll", func(w http.ResponseWriter, _ *http.Request) {
 		s.mu.Lock()
-		var out []string
+		out := []string{}
 		for ns := range s.enrolled {
 			out = append(out, ns)
 		}

@@ -6,7 +6,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/onehop-mesh/onehop/dataplane/model"
 )
 
 // Metrics are the agent's datapath metrics. A nil *Metrics records nothing.
@@ -70,16 +69,12 @@ func (m *Metrics) mapOp(mapName, op string, n int, err error) {
 	}
 }
 
-func (m *Metrics) programmed(view map[model.Key]*programmed) {
+func (m *Metrics) programmed(now Programmed) {
 	if m == nil {
 		return
 	}
-	eps := 0
-	for _, ps := range view {
-		eps += ps.endpoints
-	}
-	m.services.Set(float64(len(view)))
-	m.endpoints.Set(float64(eps))
+	m.services.Set(float64(now.Services))
+	m.endpoints.Set(float64(now.Endpoints))
 }
 
 // kernelSource swaps the Datapath whose counters are exported from old to new.

@@ -30,6 +30,21 @@ type Programmer struct {
 	free  []uint32                  // unused service ids; the lowest is last
 	used  int                       // entries in oh_slots
 	stale bool                      // a map update failed: view may be wrong, re-read the maps
+	now   Programmed
+}
+
+// Programmed is a summary of what the maps hold, for status pages.
+type Programmed struct {
+	Services  int    `json:"services"`
+	Endpoints int    `json:"endpoints"`
+	Applies   uint64 `json:"applies"` // Apply and ApplyChanged calls so far
+}
+
+// Programmed returns what the maps hold after the last Apply.
+func (p *Programmer) Programmed() Programmed {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.now
 }
 
 // programmed is one service as the maps hold it.
@@ -135,7 +150,12 @@ func (p *Programmer) apply(cfg model.Config, only []model.Key) (ApplyStats, erro
 		return st, fmt.Errorf("apply: %w (nothing was changed)", err)
 	}
 	err = p.execute(pl, &st)
-	p.metrics.programmed(p.view)
+	p.now.Services, p.now.Endpoints = len(p.view), 0
+	for _, ps := range p.view {
+		p.now.Endpoints += ps.endpoints
+	}
+	p.now.Applies++
+	p.metrics.programmed(p.now)
 	if err != nil {
 		p.stale = true
 		return st, fmt.Errorf("apply: %w (the next Apply re-reads the maps and repairs them)", err)

@@ -187,7 +187,7 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 		if err != nil {
 			return false, fmt.Errorf("open ADS stream to %s: %w", c.Addr, err)
 		}
-		s = &sotwStream{s: ss, node: node, nonce: map[string]string{}, version: map[string]string{}, names: map[string][]string{}, asked: map[string]bool{}, dec: newDecoder(), followed: map[string]map[string]bool{}}
+		s = &sotwStream{s: ss, node: node, nonce: map[string]string{}, version: map[string]string{}, names: map[string][]string{}, asked: map[string]bool{}, dec: newDecoder(), acc: c.acc, followed: map[string]map[string]bool{}}
 	}
 	w, _ := c.acc.wanted()
 	if err := s.open(w); err != nil {
@@ -375,7 +375,7 @@ func (a *accepted) candidate(r *response) (State, []string) {
 	return s, changed
 }
 
-func merge[M proto.Message](cur map[string]M, r *response) (map[string]M, []string) {
+func merge[M comparable](cur map[string]M, r *response) (map[string]M, []string) {
 	var changed []string
 	out := make(map[string]M, len(cur)+len(r.upsert))
 	if !r.full {
@@ -394,7 +394,7 @@ func merge[M proto.Message](cur map[string]M, r *response) (map[string]M, []stri
 	}
 	for n, res := range r.upsert {
 		m := res.msg.(M)
-		if old, ok := cur[n]; !ok || proto.Message(old) != proto.Message(m) {
+		if old, ok := cur[n]; !ok || old != m {
 			changed = append(changed, n)
 		}
 		out[n] = m
@@ -407,6 +407,19 @@ func merge[M proto.Message](cur map[string]M, r *response) (map[string]M, []stri
 		}
 	}
 	return out, changed
+}
+
+// holds reports whether v is the accepted message of the non-wildcard type.
+func (a *accepted) holds(typ, name string, v any) bool {
+	switch typ {
+	case resourcev3.EndpointType:
+		cur, ok := a.state.Endpoints[name]
+		return ok && any(cur) == v
+	case resourcev3.RouteType:
+		cur, ok := a.state.Routes[name]
+		return ok && any(cur) == v
+	}
+	return false
 }
 
 func (a *accepted) commit(s State, r *response) {

@@ -182,8 +182,8 @@ func state(resources ...proto.Message) State {
 	s := State{
 		Listeners: map[string]*listenerv3.Listener{},
 		Routes:    map[string]*routev3.RouteConfiguration{},
-		Clusters:  map[string]*clusterv3.Cluster{},
-		Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+		Clusters:  map[string]*Cluster{},
+		Endpoints: map[string]*Assignment{},
 	}
 	for _, r := range resources {
 		switch v := r.(type) {
@@ -192,9 +192,9 @@ func state(resources ...proto.Message) State {
 		case *routev3.RouteConfiguration:
 			s.Routes[v.GetName()] = v
 		case *clusterv3.Cluster:
-			s.Clusters[v.GetName()] = v
+			s.Clusters[v.GetName()] = NewCluster(v)
 		case *endpointv3.ClusterLoadAssignment:
-			s.Endpoints[v.GetClusterName()] = v
+			s.Endpoints[v.GetClusterName()] = NewAssignment(v)
 		default:
 			panic("state: unexpected resource type")
 		}

@@ -71,13 +71,13 @@ func FuzzTranslate(f *testing.F) {
 		for _, b := range [][]byte{c1b, c2b} {
 			var c clusterv3.Cluster
 			if proto.Unmarshal(b, &c) == nil {
-				s.Clusters[c.GetName()] = &c
+				s.Clusters[c.GetName()] = NewCluster(&c)
 			}
 		}
 		for _, b := range [][]byte{e1b, e2b} {
 			var e endpointv3.ClusterLoadAssignment
 			if proto.Unmarshal(b, &e) == nil {
-				s.Endpoints[e.GetClusterName()] = &e
+				s.Endpoints[e.GetClusterName()] = NewAssignment(&e)
 			}
 		}
 		cfg, err := Translate(&s)

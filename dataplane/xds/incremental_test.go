@@ -25,7 +25,7 @@ import (
 // on its own cluster, two VIPs on a shared cluster, a weighted split over two clusters, an
 // RDS route, an inline route, a static cluster, and a cluster whose EDS name differs from its
 // name. CLAs are named "c0".."c<n-1>", "shared", "v1", "v2", "routed", "inline", "eds-of-odd".
-func incrementalState(n int) State {
+func incrementalState(n int) (State, map[string]*endpointv3.ClusterLoadAssignment) {
 	s := state(
 		listener("shared", "0.0.0.0", 81, chain("", tcpProxy("shared"), "10.96.1.1/32", "10.96.1.2/32")),
 		listener("split", "10.96.2.1", 80, chain("", weightedTCP("v1", 90, "v2", 10))),
@@ -39,22 +39,24 @@ func incrementalState(n int) State {
 	)
 	odd := edsCluster("odd", rr)
 	odd.EdsClusterConfig.ServiceName = "eds-of-odd"
-	s.Clusters["odd"] = odd
+	s.Clusters["odd"] = NewCluster(odd)
 	for _, c := range []string{"shared", "v1", "v2", "routed", "inline"} {
-		s.Clusters[c] = edsCluster(c, rr)
+		s.Clusters[c] = NewCluster(edsCluster(c, rr))
 	}
 	names := []string{"shared", "v1", "v2", "routed", "inline", "eds-of-odd"}
 	for i := range n {
 		c := fmt.Sprintf("c%d", i)
 		l := listener(c, fmt.Sprintf("10.97.%d.%d", i/250, i%250+1), 80, chain("", tcpProxy(c)))
 		s.Listeners[l.Name] = l
-		s.Clusters[c] = edsCluster(c, rr)
+		s.Clusters[c] = NewCluster(edsCluster(c, rr))
 		names = append(names, c)
 	}
+	clas := map[string]*endpointv3.ClusterLoadAssignment{} // what each assignment was made from
 	for i, n := range names {
-		s.Endpoints[n] = cla(n, ep{addr: fmt.Sprintf("10.1.%d.1:8080", i)}, ep{addr: fmt.Sprintf("10.1.%d.2:8080", i)})
+		clas[n] = cla(n, ep{addr: fmt.Sprintf("10.1.%d.1:8080", i)}, ep{addr: fmt.Sprintf("10.1.%d.2:8080", i)})
+		s.Endpoints[n] = NewAssignment(clas[n])
 	}
-	return s
+	return s, clas
 }
 
 // TestUpdateEndpointsRetranslatesOnlyTheServicesFed: a change to one CLA assembles the
@@ -74,7 +76,7 @@ func TestUpdateEndpointsRetranslatesOnlyTheServicesFed(t *testing.T) {
 		{"unused", 0, nil},
 	} {
 		t.Run(tc.cla, func(t *testing.T) {
-			s := incrementalState(100)
+			s, _ := incrementalState(100)
 			var tr Translator
 			base, err := tr.Translate(&s)
 			if err != nil {
@@ -85,7 +87,7 @@ func TestUpdateEndpointsRetranslatesOnlyTheServicesFed(t *testing.T) {
 			}
 			s.Previous = base
 			s.Endpoints = maps.Clone(s.Endpoints)
-			s.Endpoints[tc.cla] = cla(tc.cla, ep{addr: "10.3.0.1:8080"})
+			s.Endpoints[tc.cla] = NewAssignment(cla(tc.cla, ep{addr: "10.3.0.1:8080"}))
 			before := tr.Assembled
 			got, diff, ok, err := tr.UpdateEndpoints(&s, []string{tc.cla})
 			if err != nil || !ok {
@@ -119,7 +121,7 @@ func TestUpdateEndpointsEqualsTranslate(t *testing.T) {
 	for seed := range uint64(20) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			rnd := rand.New(rand.NewPCG(seed, 1))
-			s := incrementalState(30)
+			s, clas := incrementalState(30)
 			var tr Translator
 			applied, err := tr.Translate(&s)
 			if err != nil {
@@ -134,9 +136,11 @@ func TestUpdateEndpointsEqualsTranslate(t *testing.T) {
 				for range 1 + rnd.IntN(3) {
 					n := names[rnd.IntN(len(names))]
 					changed = append(changed, n)
-					if c := mutate(rnd, n, cand.Endpoints[n]); c != nil {
-						cand.Endpoints[n] = c
+					if c := mutate(rnd, n, clas[n]); c != nil {
+						clas[n] = c
+						cand.Endpoints[n] = NewAssignment(c)
 					} else {
+						delete(clas, n)
 						delete(cand.Endpoints, n)
 					}
 				}

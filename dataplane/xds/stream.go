@@ -7,12 +7,13 @@ import (
 	"slices"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/proto"
 )
 
 // subscriptionOrder is the order of a new stream's first requests: clusters and their
@@ -39,43 +40,67 @@ type response struct {
 }
 
 type resource struct {
-	msg     proto.Message
+	msg     any // the decoded message, or a *Cluster or *Assignment
 	version string
+}
+
+type decoded struct {
+	msg  any
+	name string
 }
 
 // decoder decodes resources, handing back the message decoded before for bytes it has seen
 // in the previous response of the type: a SotW response repeats every unchanged resource,
 // and the same message lets the Translator reuse what it translated. Bytes are matched by
 // two 64-bit hashes with random seeds: a collision needs a 128-bit coincidence.
+// Clusters and endpoint assignments are translated as they are decoded and kept as *Cluster
+// and *Assignment.
 type decoder struct {
 	s1, s2 maphash.Seed
-	prev   map[string]map[[2]uint64]proto.Message // per type, the last response's messages
-	cur    map[[2]uint64]proto.Message
+	prev   map[string]map[[2]uint64]decoded // per type, the last response's messages
+	cur    map[[2]uint64]decoded
+	spare  map[[2]uint64]decoded // a map to reuse: a SotW response can hold 10,000s of resources
 }
 
 func newDecoder() *decoder {
-	return &decoder{s1: maphash.MakeSeed(), s2: maphash.MakeSeed(), prev: map[string]map[[2]uint64]proto.Message{}}
+	return &decoder{s1: maphash.MakeSeed(), s2: maphash.MakeSeed(), prev: map[string]map[[2]uint64]decoded{}}
 }
 
 // begin starts a response of the type; end makes its messages the ones reused next time.
-func (d *decoder) begin() { d.cur = map[[2]uint64]proto.Message{} }
+func (d *decoder) begin() {
+	d.cur, d.spare = d.spare, nil
+	if d.cur == nil {
+		d.cur = map[[2]uint64]decoded{}
+	}
+}
 
-func (d *decoder) end(typeURL string) { d.prev[typeURL], d.cur = d.cur, nil }
+func (d *decoder) end(typeURL string) {
+	d.spare, d.prev[typeURL], d.cur = d.prev[typeURL], d.cur, nil
+	clear(d.spare)
+}
 
 func (d *decoder) decode(typeURL string, res interface {
 	GetTypeUrl() string
 	GetValue() []byte
-}) (proto.Message, string, error) {
+}) (any, string, error) {
 	h := [2]uint64{maphash.Bytes(d.s1, res.GetValue()), maphash.Bytes(d.s2, res.GetValue())}
 	if m, ok := d.prev[typeURL][h]; ok && res.GetTypeUrl() == typeURL {
 		d.cur[h] = m
-		return m, resourceName(m), nil
+		return m.msg, m.name, nil
 	}
 	m, name, err := decode(typeURL, res)
-	if err == nil {
-		d.cur[h] = m
+	if err != nil {
+		return nil, "", err
 	}
-	return m, name, err
+	var v any = m
+	switch m := m.(type) {
+	case *endpointv3.ClusterLoadAssignment:
+		v = newAssignment(m, len(res.GetValue()))
+	case *clusterv3.Cluster:
+		v = newCluster(m, len(res.GetValue()))
+	}
+	d.cur[h] = decoded{v, name}
+	return v, name, nil
 }
 
 // stream is one ADS stream.
@@ -105,6 +130,7 @@ type sotwStream struct {
 	names   map[string][]string // names requested, per non-wildcard type
 	asked   map[string]bool     // types requested on this stream
 	dec     *decoder
+	acc     *accepted
 	// followed is names as a set, made when they change rather than for each response.
 	followed map[string]map[string]bool
 }
@@ -169,6 +195,7 @@ func (s *sotwStream) recv() (*response, error) {
 	s.dec.begin()
 	defer s.dec.end(typ)
 	r := &response{typeURL: typ, version: m.GetVersionInfo(), nonce: m.GetNonce(), full: wildcard(typ), upsert: map[string]resource{}, arrived: arrived}
+	followed := s.followed[typ]
 	for _, a := range m.GetResources() {
 		body, heartbeat := a, ""
 		// Resources with a TTL come wrapped; a wrapper without a body renews the resource.
@@ -193,12 +220,13 @@ func (s *sotwStream) recv() (*response, error) {
 			r.err = err
 			return r, nil
 		}
+		// EDS and RDS responses may carry names no longer followed: leave those out. They
+		// repeat every unchanged resource too: leave out what is accepted already, so that
+		// the response costs what changed in it.
+		if !r.full && (!followed[name] || s.acc.holds(typ, name, msg)) {
+			continue
+		}
 		r.upsert[name] = resource{msg: msg, version: m.GetVersionInfo()}
-	}
-	// EDS and RDS responses may carry names no longer followed: leave those out.
-	if !r.full {
-		followed := s.followed[typ]
-		maps.DeleteFunc(r.upsert, func(n string, _ resource) bool { return !followed[n] })
 	}
 	return r, nil
 }

@@ -499,15 +499,16 @@ func TestTranslateMaxServices(t *testing.T) {
 
 // TestRouteAndEndpointNames: the names the client subscribes to for RDS and EDS.
 func TestRouteAndEndpointNames(t *testing.T) {
+	c2 := edsCluster("c2", rr)
+	c2.EdsClusterConfig.ServiceName = "c2-eds"
 	s := state(
 		listener("a", "10.96.0.1", 80, chain("", hcmRDS("r1"))),
 		&listenerv3.Listener{Name: "b", Address: socket("0.0.0.0", 80), FilterChains: []*listenerv3.FilterChain{
 			chain("x", hcmRDS("r2"), "10.96.0.2/32"), chain("y", tcpProxy("c"))},
 			DefaultFilterChain: chain("d", hcmRDS("r1"))},
-		edsCluster("c1", rr), edsCluster("c2", rr),
+		edsCluster("c1", rr), c2,
 		&clusterv3.Cluster{Name: "static", LoadAssignment: cla("static", ep{addr: "10.1.0.1:80"})},
 	)
-	s.Clusters["c2"].EdsClusterConfig.ServiceName = "c2-eds"
 	if got, want := routeNames(s.Listeners), []string{"r1", "r2"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("routeNames = %v, want %v", got, want)
 	}
