@@ -57,6 +57,12 @@ type NodeRunner interface {
 	RunOnNode(ctx context.Context, node string, stdin []byte, argv ...string) ([]byte, error)
 }
 
+// ServiceProxy is implemented by clusters whose kube-proxy is the lab's own rule programmer.
+type ServiceProxy interface {
+	// ResyncServices rewrites the node's service rules from scratch, as a restarted kube-proxy.
+	ResyncServices(ctx context.Context, node string) error
+}
+
 // NodeHost is implemented by clusters whose nodes the lab itself runs (the netns cluster): it
 // places node daemons (kube-proxy, the onehop agent, node proxies) the way a hostNetwork
 // DaemonSet would.

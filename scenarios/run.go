@@ -63,6 +63,13 @@ func (s *Scenario) Spec(lab string) clusters.Spec {
 				Selector: map[string]string{"app": "server-" + pl},
 				Ports:    []clusters.ServicePort{{Name: "http", Port: serverPort, TargetPort: serverPort}}})
 		}
+		// Named to sort before "fortio-": kube-proxy rules go in service order, so a measured
+		// service sits behind its own namespace's background services in the chain.
+		for i := 0; i < s.BackgroundServices; i++ {
+			spec.Services = append(spec.Services, clusters.ServiceDef{Name: fmt.Sprintf("bg-%05d", i), Namespace: ns,
+				Selector: map[string]string{"app": "server-" + s.Placements[0]},
+				Ports:    []clusters.ServicePort{{Name: "http", Port: serverPort, TargetPort: serverPort}}})
+		}
 	}
 	spec.SetDefaults()
 	return spec

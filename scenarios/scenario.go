@@ -34,6 +34,10 @@ type Scenario struct {
 	Placements  []string `yaml:"placements" json:"placements"`
 	// Servers is the number of endpoints behind each service.
 	Servers int  `yaml:"servers" json:"servers"`
+	// BackgroundServices adds that many more services per variant namespace, each selecting
+	// the same-node servers, so the data planes hold a cluster-sized service table (kube-proxy's
+	// service chain grows linearly with it; onehop's maps are hash lookups).
+	BackgroundServices int `yaml:"backgroundServices" json:"backgroundServices"`
 	Load    Load `yaml:"load" json:"load"`
 
 	File string `yaml:"-" json:"-"`
@@ -177,6 +181,9 @@ func (s *Scenario) Validate() error {
 	}
 	if s.Servers < 1 || s.Servers > 50 {
 		bad("servers", "%d must be between 1 and 50", s.Servers)
+	}
+	if s.BackgroundServices < 0 || s.BackgroundServices > 20000 {
+		bad("backgroundServices", "%d must be between 0 and 20000", s.BackgroundServices)
 	}
 	l := s.Load
 	switch l.Mode {

@@ -63,20 +63,37 @@ func Sync(ctx context.Context, run Runner, f Family, snap services.Snapshot) err
 	if _, err := run(ctx, rules, f.Binary()+"-restore", "-w", "--noflush"); err != nil {
 		return fmt.Errorf("%s-restore: %w", f.Binary(), err)
 	}
-	hooks := []struct{ table, chain, target string }{
-		{"nat", "PREROUTING", chainServices},
-		{"nat", "OUTPUT", chainServices},
-		{"nat", "POSTROUTING", chainPostrouting},
-		{"filter", "FORWARD", chainServices},
-		{"filter", "OUTPUT", chainServices},
+	// The service chains see only traffic to the service CIDR. kube-proxy hooks all traffic
+	// because NodePorts and external IPs need it; the lab has neither, and this way traffic that
+	// another data plane already sent to a pod (onehop rewrites at connect()) never walks the
+	// baseline's rules: variants sharing a node share none of each other's per-connection work.
+	var toServices []string
+	for _, p := range snap.ServiceCIDRs {
+		if f.matches(p.Addr()) {
+			toServices = []string{"-d", p.String()}
+		}
+	}
+	hooks := []struct {
+		table, chain, target string
+		match                []string
+	}{
+		{"nat", "PREROUTING", chainServices, toServices},
+		{"nat", "OUTPUT", chainServices, toServices},
+		{"nat", "POSTROUTING", chainPostrouting, nil},
+		{"filter", "FORWARD", chainServices, toServices},
+		{"filter", "OUTPUT", chainServices, toServices},
 	}
 	for _, h := range hooks {
-		rule := []string{h.chain, "-m", "comment", "--comment", jumpComment, "-j", h.target}
+		rule := append(append([]string{h.chain}, h.match...), "-m", "comment", "--comment", jumpComment, "-j", h.target)
 		if _, err := run(ctx, nil, append([]string{f.Binary(), "-w", "-t", h.table, "-C"}, rule...)...); err == nil {
 			continue
 		}
 		if _, err := run(ctx, nil, append([]string{f.Binary(), "-w", "-t", h.table, "-I"}, rule...)...); err != nil {
 			return fmt.Errorf("hook %s %s -> %s: %w", h.table, h.chain, h.target, err)
+		}
+		if len(h.match) > 0 { // replace an unscoped hook left by an older onehop
+			unscoped := []string{h.chain, "-m", "comment", "--comment", jumpComment, "-j", h.target}
+			run(ctx, nil, append([]string{f.Binary(), "-w", "-t", h.table, "-D"}, unscoped...)...)
 		}
 	}
 	return nil

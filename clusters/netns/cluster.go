@@ -313,16 +313,7 @@ func (c *Cluster) DeletePod(ctx context.Context, name string) error {
 
 // UpsertService adds or updates a ClusterIP service and programs it on every node.
 func (c *Cluster) UpsertService(ctx context.Context, sd clusters.ServiceDef) (services.Service, error) {
-	spec, err := c.checked(clusters.Spec{Services: []clusters.ServiceDef{sd}})
-	if err != nil {
-		return services.Service{}, fmt.Errorf("service %s: %w", sd.Name, err)
-	}
-	sd = spec.Services[0]
-	svc := services.Service{Namespace: sd.Namespace, Name: sd.Name, Selector: sd.Selector}
-	for _, p := range sd.Ports {
-		svc.Ports = append(svc.Ports, services.Port{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(p.TargetPort), Protocol: services.Protocol(p.Protocol)})
-	}
-	svc, err = c.st.Store.UpsertService(svc)
+	svc, err := c.storeService(sd)
 	if err != nil {
 		return svc, err
 	}
@@ -332,17 +323,46 @@ func (c *Cluster) UpsertService(ctx context.Context, sd clusters.ServiceDef) (se
 	return svc, c.save()
 }
 
+// storeService checks a service and puts it in the store, programming nothing.
+func (c *Cluster) storeService(sd clusters.ServiceDef) (services.Service, error) {
+	spec, err := c.checked(clusters.Spec{Services: []clusters.ServiceDef{sd}})
+	if err != nil {
+		return services.Service{}, fmt.Errorf("service %s: %w", sd.Name, err)
+	}
+	sd = spec.Services[0]
+	svc := services.Service{Namespace: sd.Namespace, Name: sd.Name, Selector: sd.Selector}
+	for _, p := range sd.Ports {
+		svc.Ports = append(svc.Ports, services.Port{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(p.TargetPort), Protocol: services.Protocol(p.Protocol)})
+	}
+	return c.st.Store.UpsertService(svc)
+}
+
 // syncServices programs the kube-proxy-style rules of every family on every node.
 func (c *Cluster) syncServices(ctx context.Context) error {
 	snap := c.st.Store.Snapshot()
 	for _, n := range c.st.Nodes {
-		runner := func(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
-			return c.RunOnNode(ctx, n.Name, stdin, argv...)
+		if err := c.syncNode(ctx, n.Name, snap); err != nil {
+			return err
 		}
-		for _, f := range c.st.Spec.IPFamilies {
-			if err := kubeproxy.Sync(ctx, runner, kubeproxy.Family(f), snap); err != nil {
-				return fmt.Errorf("program services on node %s: %w", n.Name, err)
-			}
+	}
+	return nil
+}
+
+// ResyncServices rewrites one node's service rules from the store (a kube-proxy restart).
+func (c *Cluster) ResyncServices(ctx context.Context, node string) error {
+	if _, ok := c.node(node); !ok {
+		return fmt.Errorf("no node %q in lab %s", node, c.name)
+	}
+	return c.syncNode(ctx, node, c.st.Store.Snapshot())
+}
+
+func (c *Cluster) syncNode(ctx context.Context, node string, snap services.Snapshot) error {
+	runner := func(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
+		return c.RunOnNode(ctx, node, stdin, argv...)
+	}
+	for _, f := range c.st.Spec.IPFamilies {
+		if err := kubeproxy.Sync(ctx, runner, kubeproxy.Family(f), snap); err != nil {
+			return fmt.Errorf("program services on node %s: %w", node, err)
 		}
 	}
 	return nil

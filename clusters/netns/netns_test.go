@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -448,5 +449,52 @@ func TestSubnetAndHost(t *testing.T) {
 	}
 	if got := host(netip.MustParsePrefix("10.244.1.0/24"), 2); got.String() != "10.244.1.2" {
 		t.Errorf("host = %s", got)
+	}
+}
+
+// TestOnlyServiceTrafficWalksServiceRules: connections to a pod IP never enter the service
+// chain (so a data plane that already picked an endpoint pays nothing for kube-proxy's rules),
+// connections to a VIP do.
+func TestOnlyServiceTrafficWalksServiceRules(t *testing.T) {
+	app := map[string]string{"app": "web"}
+	spec := clusters.Spec{
+		Pods: []clusters.PodSpec{pod("client", "n1", nil), pod("web-1", "n2", app)},
+		Services: []clusters.ServiceDef{{Name: "web", Selector: app,
+			Ports: []clusters.ServicePort{{Name: "tcp", Port: 80, TargetPort: 7000}}}},
+	}
+	_, c := newLab(t, spec)
+	serve(t, c, "web-1", ":7000", nil)
+	// Packets that jumped to ONEHOP-SERVICES from PREROUTING, on both nodes.
+	jumped := func() int {
+		total := 0
+		for _, node := range []string{"n1", "n2"} {
+			out, err := c.RunOnNode(context.Background(), node, nil, "iptables", "-w", "-t", "nat", "-L", "PREROUTING", "-v", "-x", "-n")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(string(out), "\n") {
+				if f := strings.Fields(line); len(f) > 2 && f[2] == "ONEHOP-SERVICES" {
+					n, _ := strconv.Atoi(f[0])
+					total += n
+				}
+			}
+		}
+		return total
+	}
+	web, _ := c.Pod("web-1")
+	before := jumped()
+	for range 5 {
+		ask(t, c, "client", net.JoinHostPort(web.IPs[0].String(), "7000"))
+	}
+	if d := jumped() - before; d != 0 {
+		t.Errorf("5 connections to the pod IP sent %d packets through the service chain, want 0", d)
+	}
+	svc, _ := c.Services().Snapshot().Service("default", "web")
+	before = jumped()
+	for range 5 {
+		ask(t, c, "client", net.JoinHostPort(svc.ClusterIPs[0].String(), "80"))
+	}
+	if d := jumped() - before; d < 5 {
+		t.Errorf("5 connections to the VIP sent %d packets through the service chain, want at least 5", d)
 	}
 }

@@ -153,8 +153,9 @@ func (p *Provider) Up(ctx context.Context, spec clusters.Spec) (clusters.Cluster
 			return nil, err
 		}
 	}
+	// Stored first and programmed once: a sync per service would make a big lab quadratic.
 	for _, sd := range spec.Services {
-		if _, err := c.UpsertService(ctx, sd); err != nil {
+		if _, err := c.storeService(sd); err != nil {
 			return nil, err
 		}
 	}

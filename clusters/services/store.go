@@ -63,8 +63,9 @@ type ServiceView struct {
 
 // Snapshot is a consistent view of the whole store.
 type Snapshot struct {
-	Version  uint64        `json:"version"`
-	Services []ServiceView `json:"services"` // sorted by key
+	Version      uint64         `json:"version"`
+	ServiceCIDRs []netip.Prefix `json:"service_cidrs"` // where VIPs come from, primary family first
+	Services     []ServiceView  `json:"services"`      // sorted by key
 }
 
 // Changes is what changed in a store after some version.
@@ -200,7 +201,7 @@ func (s *Store) Pods() []Pod {
 func (s *Store) Snapshot() Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	snap := Snapshot{Version: s.version}
+	snap := Snapshot{Version: s.version, ServiceCIDRs: slices.Clone(s.cidrs)}
 	for _, svc := range s.services {
 		snap.Services = append(snap.Services, s.view(svc))
 	}
