@@ -33,12 +33,12 @@ type Scenario struct {
 	Variants    []string `yaml:"variants" json:"variants"`
 	Placements  []string `yaml:"placements" json:"placements"`
 	// Servers is the number of endpoints behind each service.
-	Servers int  `yaml:"servers" json:"servers"`
+	Servers int `yaml:"servers" json:"servers"`
 	// BackgroundServices adds that many more services per variant namespace, each selecting
 	// the same-node servers, so the data planes hold a cluster-sized service table (kube-proxy's
 	// service chain grows linearly with it; onehop's maps are hash lookups).
-	BackgroundServices int `yaml:"backgroundServices" json:"backgroundServices"`
-	Load    Load `yaml:"load" json:"load"`
+	BackgroundServices int  `yaml:"backgroundServices" json:"backgroundServices"`
+	Load               Load `yaml:"load" json:"load"`
 
 	File string `yaml:"-" json:"-"`
 }
