@@ -313,6 +313,8 @@ static __always_inline void track(struct bpf_sock_ops *skops, __u64 netns)
 	c.dst.port = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
 	c.netns = netns;
 	c.established_ns = bpf_ktime_get_ns();
+	c.state_ns = c.established_ns;
+	c.state = BPF_TCP_ESTABLISHED;
 	if (bpf_map_update_elem(&oh_conns, &cookie, &c, BPF_ANY)) {
 		count(OH_CNT_CONNS_TABLE_FULL);
 		return;
@@ -324,6 +326,7 @@ SEC("sockops")
 int oh_sockops(struct bpf_sock_ops *skops)
 {
 	__u64 netns = bpf_get_netns_cookie(skops);
+	struct oh_conn *c;
 	__u64 cookie;
 
 	switch (skops->op) {
@@ -340,9 +343,17 @@ int oh_sockops(struct bpf_sock_ops *skops)
 		track(skops, netns);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] != BPF_TCP_CLOSE)
-			break;
 		cookie = bpf_get_socket_cookie(skops);
+		if (skops->args[1] != BPF_TCP_CLOSE) {
+			/* Closing states (FIN_WAIT1, CLOSE_WAIT, ...): a few per connection, at most. */
+			c = bpf_map_lookup_elem(&oh_conns, &cookie);
+			if (c) {
+				c->state_ns = bpf_ktime_get_ns();
+				c->state = skops->args[1];
+				c->state_changes++; /* state callbacks of one socket are serialised */
+			}
+			break;
+		}
 		if (bpf_map_delete_elem(&oh_conns, &cookie) == 0)
 			count(OH_CNT_CONNS_CLOSED);
 		bpf_map_delete_elem(&oh_origdst, &cookie);

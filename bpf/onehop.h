@@ -54,12 +54,21 @@ struct oh_endpoint {
 	__u16 pad;
 };
 
-/* oh_conns value: an established TCP connection of an enrolled network namespace. */
+/*
+ * oh_conns value: an established TCP connection of an enrolled network namespace. The map is
+ * pinned, so a record outlives agent restarts and the fields below keep being updated by the next
+ * agent's programs. Changing this struct changes the pinned layout: bump datapath.LayoutVersion
+ * and teach the migration the old one (layout 1 ended at established_ns).
+ */
 struct oh_conn {
 	struct oh_endpoint src;
 	struct oh_endpoint dst;
 	__u64 netns;          /* network namespace cookie */
 	__u64 established_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	/* Updated from the state callbacks sockops already gets: no per-packet cost. */
+	__u64 state_ns;       /* when it entered state: established_ns until its first change */
+	__u32 state;          /* TCP state (BPF_TCP_*); 0 if unknown (a record migrated from layout 1) */
+	__u32 state_changes;  /* state changes since established */
 };
 
 /*

@@ -19,6 +19,9 @@ type OnehopOhConn struct {
 	Dst           OnehopOhEndpoint
 	Netns         uint64
 	EstablishedNs uint64
+	StateNs       uint64
+	State         uint32
+	StateChanges  uint32
 }
 
 type OnehopOhCounter uint32

@@ -34,7 +34,7 @@ import (
 // (what a DaemonSet manifest sets).
 type config struct {
 	nodeID, xdsAddr, cgroup, bpffs, metricsAddr, adminSocket, logLevel, pprofAddr string
-	delta, trackConns                                                             bool
+	delta, trackConns, uninstall                                                  bool
 	memoryLimit                                                                   int64 // bytes; 0: none
 }
 
@@ -51,7 +51,11 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.nodeID, "node-id", envOr("ONEHOP_NODE_ID", ""), "xDS node id, e.g. the node name [ONEHOP_NODE_ID]")
 	fs.StringVar(&c.xdsAddr, "xds-address", envOr("ONEHOP_XDS_ADDRESS", "istiod.istio-system.svc:15010"), "xDS server host:port (ADS, plaintext gRPC) [ONEHOP_XDS_ADDRESS]")
 	fs.StringVar(&c.cgroup, "cgroup", envOr("ONEHOP_CGROUP", "/sys/fs/cgroup"), "cgroup v2 directory whose processes are served [ONEHOP_CGROUP]")
-	fs.StringVar(&c.bpffs, "bpffs", envOr("ONEHOP_BPFFS", "/sys/fs/bpf/onehop"), "bpffs directory for pinned objects [ONEHOP_BPFFS]")
+	fs.StringVar(&c.bpffs, "bpffs", envOr("ONEHOP_BPFFS", "/sys/fs/bpf/onehop"),
+		"bpffs directory where maps and program links are pinned: they outlive the agent, which adopts them when it starts again, "+
+			"so a restart does not interrupt traffic; empty: nothing pinned, programs detach when the agent exits [ONEHOP_BPFFS]")
+	fs.BoolVar(&c.uninstall, "uninstall", false,
+		"detach the programs pinned under --bpffs and remove every onehop pin there, check nothing of onehop's is left attached to --cgroup, and exit")
 	fs.StringVar(&c.metricsAddr, "metrics-address", envOr("ONEHOP_METRICS_ADDRESS", ":15020"), "address of /healthz, /readyz, /metrics; empty disables [ONEHOP_METRICS_ADDRESS]")
 	fs.StringVar(&c.adminSocket, "admin-socket", envOr("ONEHOP_ADMIN_SOCKET", "/run/onehop/agent.sock"), "unix socket of the same API plus /enroll [ONEHOP_ADMIN_SOCKET]")
 	fs.StringVar(&c.pprofAddr, "pprof-address", envOr("ONEHOP_PPROF_ADDRESS", ""), "address of Go's /debug/pprof/ (profiling); empty disables [ONEHOP_PPROF_ADDRESS]")
@@ -69,7 +73,10 @@ func parseFlags(args []string) (config, error) {
 	if c.memoryLimit, err = parseBytes(*memLimit); err != nil {
 		return c, fmt.Errorf("--memory-limit: %w", err)
 	}
-	if c.nodeID == "" {
+	if c.uninstall && c.bpffs == "" {
+		return c, errors.New("--uninstall needs --bpffs: the directory the agent pinned in")
+	}
+	if c.nodeID == "" && !c.uninstall {
 		return c, errors.New("--node-id is required (the node's name, as the control plane knows it)")
 	}
 	return c, nil
@@ -116,6 +123,13 @@ func main() {
 	if _, set := os.LookupEnv("GOMEMLIMIT"); !set && cfg.memoryLimit > 0 {
 		debug.SetMemoryLimit(cfg.memoryLimit)
 	}
+	if cfg.uninstall {
+		if err := uninstall(cfg, log); err != nil {
+			log.Error("uninstall", "err", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg, log); err != nil {
@@ -136,15 +150,23 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	dp, err := datapath.Load(datapath.Options{Metrics: dpm, NoConnTracking: !cfg.trackConns})
+	opts := datapath.Options{Metrics: dpm, NoConnTracking: !cfg.trackConns, PinDir: cfg.bpffs}
+	dp, err := datapath.Load(opts)
+	if errors.Is(err, datapath.ErrNotBPFFS) {
+		// Serve anyway, as an agent without --bpffs would: balancing beats not starting.
+		log.Warn("pinning off: restarts interrupt traffic and programs detach when the agent exits; mount a bpffs (mount -t bpf bpf /sys/fs/bpf) to pin", "err", err)
+		opts.PinDir = ""
+		dp, err = datapath.Load(opts)
+	}
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
+	logAdopted(log, opts.PinDir, dp.Adopted())
 	if err := dp.Attach(cfg.cgroup); err != nil {
 		return err
 	}
-	log.Info("programs attached", "cgroup", cfg.cgroup)
+	log.Info("programs attached", "cgroup", cfg.cgroup, "pinned", opts.PinDir != "")
 
 	program := func(c model.Config, apply func() (datapath.ApplyStats, error)) error {
 		start := time.Now()
@@ -207,9 +229,54 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	for _, s := range servers {
 		s.Close()
 	}
-	if errors.Is(err, context.Canceled) {
-		log.Info("stopping: programs are detached with the agent (pinning arrives with restart support)")
+	if ctx.Err() != nil { // stopped by a signal (Run returns nil or context.Canceled)
+		if opts.PinDir != "" {
+			log.Info("stopping: programs stay attached and pinned, balancing with the last config until the next agent adopts them; --uninstall removes them", "bpffs", opts.PinDir)
+		} else {
+			log.Info("stopping: programs are detached with the agent (nothing pinned)")
+		}
 		return nil
 	}
 	return err
+}
+
+func logAdopted(log *slog.Logger, pinDir string, a datapath.Adopted) {
+	if pinDir == "" {
+		return
+	}
+	attrs := []any{"bpffs", pinDir, "layout", datapath.LayoutVersion, "links", len(a.Links), "services", a.Services,
+		"enrolled_netns", len(a.Enrolled), "connections", a.Conns}
+	switch {
+	case a.Layout == 0:
+		log.Info("nothing pinned yet: created and pinned the maps", "bpffs", pinDir, "layout", datapath.LayoutVersion)
+	case a.Layout < datapath.LayoutVersion:
+		log.Info("migrated the pinned datapath of an older agent; traffic was balanced throughout", append(attrs, "from_layout", a.Layout)...)
+	default:
+		log.Info("adopted the pinned datapath of the previous agent; traffic was balanced throughout", attrs...)
+	}
+	for _, n := range a.Notes {
+		log.Info("pinned datapath: " + n)
+	}
+}
+
+// uninstall removes what agents pinned under --bpffs; onehop programs still attached to --cgroup
+// afterwards are held by a running agent, which is an error: it would keep balancing.
+func uninstall(cfg config, log *slog.Logger) error {
+	u, err := datapath.Uninstall(cfg.bpffs)
+	if err != nil {
+		return err
+	}
+	log.Info("uninstalled", "bpffs", cfg.bpffs, "links_detached", u.Links, "pins_removed", u.Pins)
+	if cfg.cgroup == "" {
+		return nil
+	}
+	left, err := datapath.AttachedPrograms(cfg.cgroup)
+	if err != nil {
+		log.Warn("could not check what is attached to the cgroup", "cgroup", cfg.cgroup, "err", err)
+		return nil
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("onehop programs %v are still attached to %s: a running onehop-agent holds them; stop it", left, cfg.cgroup)
+	}
+	return nil
 }

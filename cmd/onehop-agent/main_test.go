@@ -17,11 +17,15 @@ func TestParseFlags(t *testing.T) {
 	if c, err = parseFlags([]string{"--node-id", "n1"}); err != nil || c.memoryLimit != 0 {
 		t.Fatalf("ONEHOP_MEMORY_LIMIT=0: got %d, %v", c.memoryLimit, err)
 	}
+	if c, err = parseFlags([]string{"--uninstall", "--bpffs", "/sys/fs/bpf/x"}); err != nil || !c.uninstall || c.bpffs != "/sys/fs/bpf/x" {
+		t.Fatalf("--uninstall without --node-id: got %+v, %v", c, err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
 		{nil, "--node-id is required"},
+		{[]string{"--uninstall", "--bpffs="}, "--uninstall needs --bpffs"},
 		{[]string{"--node-id", "n1", "--memory-limit", "75MB"}, `--memory-limit: "75MB" is not a size`},
 		{[]string{"--node-id", "n1", "--memory-limit", "-1"}, `--memory-limit: "-1" is not a size`},
 		{[]string{"--node-id", "n1", "--memory-limit", "99999999999GiB"}, "is not a size"},

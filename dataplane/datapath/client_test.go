@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -33,8 +34,18 @@ func runClient(spec string) int {
 	if job.Bench {
 		return bench(target, stdin, out)
 	}
+	if job.Echo {
+		return echo(target, stdin, out)
+	}
+	var stop atomic.Bool
+	if job.Until {
+		go func() {
+			io.Copy(io.Discard, os.Stdin)
+			stop.Store(true)
+		}()
+	}
 	deadline := time.Now().Add(job.Duration)
-	for i := 0; (job.Count == 0 || i < job.Count) && (job.Duration == 0 || time.Now().Before(deadline)); i++ {
+	for i := 0; (job.Count == 0 || i < job.Count) && (job.Duration == 0 || time.Now().Before(deadline)) && !stop.Load(); i++ {
 		fd, r := dial(target)
 		if fd >= 0 {
 			r.Backend, err = readAll(fd)
@@ -49,6 +60,49 @@ func runClient(spec string) int {
 			stdin.Scan()
 		}
 		closeReset(fd)
+		time.Sleep(job.Pause)
+	}
+	return 0
+}
+
+// echo makes one connection, then for each line on stdin sends it and reports the echo (as
+// Backend) and what getpeername says now; the line "shutdown" half-closes the connection.
+func echo(target netip.AddrPort, stdin *bufio.Scanner, out *json.Encoder) int {
+	fd, r := dial(target)
+	if err := out.Encode(r); err != nil || fd < 0 {
+		return 1
+	}
+	defer closeReset(fd)
+	for stdin.Scan() {
+		var r clientResult
+		line := stdin.Text()
+		if line == "shutdown" {
+			if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+				r.Err = "shutdown: " + err.Error()
+			}
+		} else if _, err := unix.Write(fd, []byte(line)); err != nil {
+			r.Err = "write: " + err.Error()
+		} else {
+			buf := make([]byte, len(line))
+			for n := 0; n < len(buf) && r.Err == ""; {
+				m, err := unix.Read(fd, buf[n:])
+				switch {
+				case err == unix.EINTR:
+				case err != nil:
+					r.Err = "read: " + err.Error()
+				case m == 0:
+					r.Err = "read: EOF"
+				}
+				n += max(m, 0)
+			}
+			r.Backend = string(buf)
+		}
+		if peer, err := unix.Getpeername(fd); err == nil {
+			r.Peer = sockaddrString(peer)
+		}
+		if err := out.Encode(r); err != nil {
+			return 1
+		}
 	}
 	return 0
 }

@@ -19,6 +19,25 @@ type Conn struct {
 	VIP         netip.AddrPort // the service frontend connect() asked for; zero if not balanced
 	Netns       uint64         // network namespace cookie
 	Established time.Time
+	// The TCP state since StateSince, and how many times it changed since Established (the
+	// record and these keep going across agent restarts).
+	State        TCPState
+	StateSince   time.Time
+	StateChanges uint32
+}
+
+// TCPState is a TCP state as the kernel numbers it (BPF_TCP_*); 0 is unknown: a connection
+// whose record was migrated from pin layout 1, until its next state change.
+type TCPState uint32
+
+var tcpStates = [...]string{"unknown", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
+	"TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV"}
+
+func (s TCPState) String() string {
+	if int(s) < len(tcpStates) {
+		return tcpStates[s]
+	}
+	return fmt.Sprintf("state(%d)", uint32(s))
 }
 
 // Conns lists the connections in oh_conns, with the VIP from oh_origdst when there is one.
@@ -38,11 +57,14 @@ func (d *Datapath) Conns() ([]Conn, error) {
 	it := d.objs.OhConns.Iterate()
 	for it.Next(&cookie, &c) {
 		conn := Conn{
-			Cookie:      cookie,
-			Src:         addrPort(c.Src),
-			Dst:         addrPort(c.Dst),
-			Netns:       c.Netns,
-			Established: now.Add(-time.Duration(mono - c.EstablishedNs)),
+			Cookie:       cookie,
+			Src:          addrPort(c.Src),
+			Dst:          addrPort(c.Dst),
+			Netns:        c.Netns,
+			Established:  now.Add(-time.Duration(mono - c.EstablishedNs)),
+			State:        TCPState(c.State),
+			StateSince:   now.Add(-time.Duration(mono - c.StateNs)),
+			StateChanges: c.StateChanges,
 		}
 		switch err := d.objs.OhOrigdst.Lookup(cookie, &orig); {
 		case err == nil:

@@ -1,11 +1,13 @@
 // Package datapath loads onehop's kernel programs (package bpf), attaches them to a cgroup v2 and
 // owns their maps: which network namespaces are enrolled, the services the programs balance
-// (Programmer), the kernel counters and the table of established connections.
+// (Programmer), the kernel counters and the table of established connections. With
+// Options.PinDir, maps and attachments are pinned in bpffs and outlive the agent (pin.go).
 package datapath
 
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -29,7 +31,11 @@ type Options struct {
 	// cookies are never reused, so a stale entry is never read). It saves the per-connection
 	// tracking work, a few percent of a new connection's latency.
 	NoConnTracking bool
-	Metrics        *Metrics
+	// PinDir is a bpffs directory for the maps and cgroup links, so they outlive the process: a
+	// restart adopts them without a moment of unbalanced traffic, Close leaves them attached and
+	// Uninstall removes them (see pin.go). Empty: nothing is pinned and Close detaches.
+	PinDir  string
+	Metrics *Metrics
 }
 
 func (o Options) withDefaults() Options {
@@ -50,21 +56,50 @@ type Datapath struct {
 	Enrollment *Enrollment
 	Programmer *Programmer
 
-	// Kept as fields (not only inside the owners) so pinning can reach every object later.
 	objs     bpf.OnehopObjects
+	maps     map[string]*ebpf.Map // the maps of objs by name, for pinning and migration
 	links    []attachment
 	counters []string // kernel counter names by index, from the C enum
 	metrics  *Metrics
 	noTrack  bool
+	pinDir   string
+	adopted  Adopted
+	closed   bool
 }
 
 type attachment struct {
-	cgroup string
-	prog   string
-	link   link.Link
+	cgroup   string // path; for a link adopted from pins and not attached again yet, "cgroup <id>"
+	cgroupID uint64 // set when pinned
+	prog     program
+	link     link.Link
+	pin      string // where the link is pinned; "" if it is not
+}
+
+// program is one of the kernel programs and where it attaches.
+type program struct {
+	section string // as in onehop.c, for messages
+	pin     string // its link's file name in the pin layout
+	attach  ebpf.AttachType
+	get     func(*bpf.OnehopPrograms) *ebpf.Program
+}
+
+var programs = []program{
+	{"cgroup/connect4", "connect4", ebpf.AttachCGroupInet4Connect, func(p *bpf.OnehopPrograms) *ebpf.Program { return p.OhConnect4 }},
+	{"cgroup/connect6", "connect6", ebpf.AttachCGroupInet6Connect, func(p *bpf.OnehopPrograms) *ebpf.Program { return p.OhConnect6 }},
+	{"cgroup/getpeername4", "getpeername4", ebpf.AttachCgroupInet4GetPeername, func(p *bpf.OnehopPrograms) *ebpf.Program { return p.OhGetpeername4 }},
+	{"cgroup/getpeername6", "getpeername6", ebpf.AttachCgroupInet6GetPeername, func(p *bpf.OnehopPrograms) *ebpf.Program { return p.OhGetpeername6 }},
+	{"sockops", "sockops", ebpf.AttachCGroupSockOps, func(p *bpf.OnehopPrograms) *ebpf.Program { return p.OhSockops }},
 }
 
 // Load loads the programs and creates the maps, sized by opts. It attaches nothing.
+//
+// With opts.PinDir it first looks there for what an earlier agent pinned: compatible maps are
+// reused with their contents (services, enrolled namespaces, connections, VIPs for
+// getpeername), an older layout is migrated, and every pinned cgroup link is switched to the
+// new programs in place (bpf_link_update: no moment without a program). Adopted says what was
+// found. The Programmer then starts from what the maps hold: its first Apply changes only what
+// differs. Anything at a pin path that is not what this agent would have pinned there fails
+// Load before anything is changed.
 func Load(opts Options) (*Datapath, error) {
 	opts = opts.withDefaults()
 	if err := rlimit.RemoveMemlock(); err != nil {
@@ -78,6 +113,7 @@ func Load(opts Options) (*Datapath, error) {
 	if err := spec.Assign(&maps); err != nil {
 		return nil, fmt.Errorf("load onehop datapath: %w", err)
 	}
+	sized := map[string]bool{} // maps sized by opts; a pinned one keeps its size
 	for _, s := range []struct {
 		m *ebpf.MapSpec
 		n int
@@ -91,20 +127,61 @@ func Load(opts Options) (*Datapath, error) {
 			return nil, fmt.Errorf("load onehop datapath: %s: %d entries is more than the supported %d", s.m.Name, s.n, 1<<24)
 		}
 		s.m.MaxEntries = uint32(s.n)
+		sized[s.m.Name] = true
 	}
 	names, err := counterNames(spec)
 	if err != nil {
 		return nil, fmt.Errorf("load onehop datapath: %w", err)
 	}
-	d := &Datapath{counters: names, metrics: opts.Metrics, noTrack: opts.NoConnTracking}
-	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
-		return nil, loadError(err)
+	d := &Datapath{counters: names, metrics: opts.Metrics, noTrack: opts.NoConnTracking, pinDir: opts.PinDir}
+	if opts.PinDir == "" {
+		err = d.load(spec, ebpf.CollectionOptions{})
+	} else {
+		err = d.loadPinned(spec, sized)
+	}
+	if err != nil {
+		return nil, err
 	}
 	d.Enrollment = &Enrollment{m: d.objs.OhEnrolled, metrics: opts.Metrics}
+	// Pinned maps keep their sizes, which the Programmer must respect.
+	opts.MaxServices = int(min(d.objs.OhServices.MaxEntries(), d.objs.OhRr.MaxEntries()))
+	opts.MaxSlots = int(d.objs.OhSlots.MaxEntries())
 	d.Programmer = newProgrammer(d.objs.OhServices, d.objs.OhSlots, d.objs.OhRr, opts)
+	if d.adopted.Layout != 0 {
+		// The maps hold what an earlier agent programmed: the first Apply re-reads them and
+		// changes only what differs, so no VIP is ever missing or empty across a restart.
+		d.Programmer.stale = true
+		if err := d.adoptedContents(); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
 	opts.Metrics.kernelSource(nil, d)
 	return d, nil
 }
+
+// load loads spec into d.objs and d.maps.
+func (d *Datapath) load(spec *ebpf.CollectionSpec, opts ebpf.CollectionOptions) error {
+	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
+	if err != nil {
+		return loadError(err)
+	}
+	defer coll.Close() // whatever Assign did not take
+	d.maps = map[string]*ebpf.Map{}
+	for name, m := range coll.Maps {
+		if !internalMap(name) {
+			d.maps[name] = m
+		}
+	}
+	if err := coll.Assign(&d.objs); err != nil {
+		return fmt.Errorf("load onehop datapath: %w", err)
+	}
+	return nil
+}
+
+// internalMap says whether a map is one the loader makes for a data section (.rodata): it is
+// part of its programs, never shared, pinned or migrated.
+func internalMap(name string) bool { return strings.HasPrefix(name, ".") }
 
 // loadError says what the kernel lacks, if a feature probe finds something missing, or else
 // what the verifier said.
@@ -155,7 +232,8 @@ func loadError(err error) error {
 
 // Attach links every program to the cgroup v2 directory at cgroupPath; sockets of processes in
 // it and its descendants are then handled. If one attach fails, the ones done by this call are
-// undone.
+// undone. When pinning, links Load adopted for this cgroup already run the new programs and are
+// kept; the others are attached and pinned.
 func (d *Datapath) Attach(cgroupPath string) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(cgroupPath, &st); err != nil {
@@ -164,44 +242,76 @@ func (d *Datapath) Attach(cgroupPath string) error {
 	if st.Type != unix.CGROUP2_SUPER_MAGIC {
 		return fmt.Errorf("attach onehop datapath to %s: not a cgroup v2 directory (give a path under the cgroup2 mount)", cgroupPath)
 	}
-	var done []attachment
-	for _, p := range []struct {
-		name   string
-		attach ebpf.AttachType
-		prog   *ebpf.Program
-	}{
-		{"cgroup/connect4", ebpf.AttachCGroupInet4Connect, d.objs.OhConnect4},
-		{"cgroup/connect6", ebpf.AttachCGroupInet6Connect, d.objs.OhConnect6},
-		{"cgroup/getpeername4", ebpf.AttachCgroupInet4GetPeername, d.objs.OhGetpeername4},
-		{"cgroup/getpeername6", ebpf.AttachCgroupInet6GetPeername, d.objs.OhGetpeername6},
-		{"sockops", ebpf.AttachCGroupSockOps, d.objs.OhSockops},
-	} {
-		if p.attach == ebpf.AttachCGroupSockOps && d.noTrack {
+	var (
+		cgroupID uint64
+		done     []attachment
+	)
+	if d.pinDir != "" {
+		id, err := cgroupIDOf(cgroupPath)
+		if err != nil {
+			return fmt.Errorf("attach onehop datapath to %s: %w", cgroupPath, err)
+		}
+		cgroupID = id
+	}
+	undo := func() {
+		for _, a := range done {
+			a.link.Unpin()
+			a.link.Close()
+		}
+	}
+	for _, p := range programs {
+		want := p.attach != ebpf.AttachCGroupSockOps || !d.noTrack
+		if i := d.adoptedLink(cgroupID, p); i >= 0 {
+			d.links[i].cgroup = cgroupPath
+			if !want { // pinned by an agent that tracked connections: this one does not
+				a := d.links[i]
+				a.link.Detach()
+				d.links = slices.Delete(d.links, i, i+1)
+				if err := unpinClose(a); err != nil {
+					undo()
+					return err
+				}
+			}
 			continue
 		}
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: p.attach, Program: p.prog})
+		if !want {
+			continue
+		}
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: p.attach, Program: p.get(&d.objs.OnehopPrograms)})
 		if err != nil {
-			for _, a := range done {
-				a.link.Close()
-			}
+			undo()
 			hint := ""
 			if errors.Is(err, unix.EPERM) {
 				hint = " (run as root)"
 			}
-			return fmt.Errorf("attach %s to %s: %w%s", p.name, cgroupPath, err, hint)
+			return fmt.Errorf("attach %s to %s: %w%s", p.section, cgroupPath, err, hint)
 		}
-		done = append(done, attachment{cgroup: cgroupPath, prog: p.name, link: l})
+		a := attachment{cgroup: cgroupPath, cgroupID: cgroupID, prog: p, link: l}
+		if d.pinDir != "" {
+			if err := d.pinLink(&a); err != nil {
+				l.Close()
+				undo()
+				return err
+			}
+		}
+		done = append(done, a)
 	}
 	d.links = append(d.links, done...)
 	return nil
 }
 
-// Close detaches the programs from every cgroup and frees programs and maps.
+// Close frees programs and maps. Unpinned, it detaches the programs from every cgroup; pinned,
+// they stay attached and keep balancing with what the maps hold, for the next Load to adopt
+// (a killed agent leaves the same state). Uninstall removes them.
 func (d *Datapath) Close() error {
+	if d.closed {
+		return nil
+	}
+	d.closed = true
 	var errs []error
 	for _, a := range d.links {
 		if err := a.link.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detach %s from %s: %w", a.prog, a.cgroup, err))
+			errs = append(errs, fmt.Errorf("close link of %s to %s: %w", a.prog.section, a.cgroup, err))
 		}
 	}
 	d.links = nil

@@ -272,6 +272,9 @@ func TestSockopsTracksConnectionsUntilClose(t *testing.T) {
 		Dst:   bs[0].addr,
 		VIP:   netip.MustParseAddrPort("10.96.200.1:80"),
 		Netns: l.cookie,
+		// The client read the backend's name up to EOF: the backend closed, the client not yet.
+		State:        8, // CLOSE_WAIT
+		StateChanges: 1,
 	}
 	if len(conns) != 1 {
 		t.Fatalf("Conns() = %+v, want one connection %+v", conns, want)
@@ -280,7 +283,10 @@ func TestSockopsTracksConnectionsUntilClose(t *testing.T) {
 	if age := time.Since(got.Established); got.Cookie == 0 || age < 0 || age > time.Minute {
 		t.Errorf("connection cookie %d established %v ago: want a cookie and a recent time", got.Cookie, age)
 	}
-	got.Cookie, got.Established = 0, time.Time{}
+	if got.StateSince.Before(got.Established) || time.Since(got.StateSince) > time.Minute {
+		t.Errorf("state since %v, want a recent time after it was established (%v)", got.StateSince, got.Established)
+	}
+	got.Cookie, got.Established, got.StateSince = 0, time.Time{}, time.Time{}
 	if got != want {
 		t.Errorf("Conns() = %+v, want %+v", got, want)
 	}
@@ -347,7 +353,7 @@ func TestNoConnTrackingStillBalances(t *testing.T) {
 			before["conns_opened"], after["conns_opened"], after["connect_balanced"]-before["connect_balanced"])
 	}
 	for _, a := range l.dp.links {
-		if a.prog == "sockops" {
+		if a.prog.pin == "sockops" {
 			t.Error("sockops is attached although tracking is off")
 		}
 	}

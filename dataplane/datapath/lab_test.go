@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 	if job := os.Getenv(childEnv); job != "" {
 		os.Exit(runClient(job))
 	}
+	if job := os.Getenv(agentEnv); job != "" {
+		os.Exit(runAgent(job))
+	}
 	os.Exit(m.Run())
 }
 
@@ -77,6 +80,7 @@ type lab struct {
 	cgroup string
 	netns  *netns
 	cookie uint64 // of netns
+	pinDir string // newPinnedLab's
 }
 
 var attachTypes = []ebpf.AttachType{
@@ -86,6 +90,20 @@ var attachTypes = []ebpf.AttachType{
 
 func newLab(t testing.TB, opts Options) *lab {
 	t.Helper()
+	l := newWorld(t)
+	l.dp = loadDatapath(t, opts)
+	if err := l.dp.Attach(l.cgroup); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.dp.Enrollment.Enroll(l.cookie); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// newWorld is a lab without a datapath: its cgroup and network namespace.
+func newWorld(t testing.TB) *lab {
+	t.Helper()
 	requireRoot(t)
 	l := &lab{t: t, cgroup: filepath.Join(cgroupRoot, fmt.Sprintf("onehop-dptest-%016x", rand.Uint64()))}
 	if err := os.Mkdir(l.cgroup, 0o755); err != nil {
@@ -93,16 +111,9 @@ func newLab(t testing.TB, opts Options) *lab {
 	}
 	t.Cleanup(l.removeCgroup)
 	l.netns = newNetns(t)
-	l.dp = loadDatapath(t, opts)
-	if err := l.dp.Attach(l.cgroup); err != nil {
-		t.Fatal(err)
-	}
 	l.netns.run(func() { l.cookie, _ = netnsCookie() })
 	if l.cookie == 0 {
 		t.Fatal("could not read the test netns cookie (SO_NETNS_COOKIE, Linux 5.14)")
-	}
-	if err := l.dp.Enrollment.Enroll(l.cookie); err != nil {
-		t.Fatal(err)
 	}
 	return l
 }
@@ -258,6 +269,9 @@ type clientJob struct {
 	Duration time.Duration `json:"duration"` // stop after this long (0: after Count)
 	Hold     bool          `json:"hold"`     // keep each connection open until a line on stdin
 	Bench    bool          `json:"bench"`    // per line "N" on stdin: N connect+close, report time
+	Until    bool          `json:"until"`    // connect until stdin closes
+	Pause    time.Duration `json:"pause"`    // between connections
+	Echo     bool          `json:"echo"`     // one connection; per line on stdin: send, read the echo
 }
 
 type clientResult struct {

@@ -5,7 +5,6 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
-
 )
 
 // Metrics are the agent's datapath metrics. A nil *Metrics records nothing.
