@@ -307,6 +307,12 @@ func (c *Client) evaluate(st *streamState, r *response) (cand State, cfg model.C
 			return State{}, model.Config{}, false, err
 		}
 	}
+	// A new client holds back until the config is complete: applying the clusters before the
+	// listeners (or a listener before its routes and endpoints) would take services out of maps
+	// that an earlier agent left programmed and that are serving traffic right now.
+	if !c.inSync && !c.acc.completes(&cand, st.seen, r.typeURL) {
+		return cand, cfg, false, nil
+	}
 	// Most responses change nothing the kernel sees (new versions of unchanged resources,
 	// health changes of endpoints already out): Apply only a changed config. The first one
 	// is always applied, to replace whatever the data plane held before, and so is the next
@@ -502,6 +508,27 @@ func (a *accepted) forget(typ, name string) {
 		delete(a.state.Routes, name)
 	}
 	delete(a.versions[typ], name)
+}
+
+// completes reports whether s, the state a response of type typ would make, is complete: clusters
+// and listeners arrived (seen, or this response) and nothing they name is missing.
+func (a *accepted) completes(s *State, seen map[string]bool, typ string) bool {
+	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
+		if !seen[t] && typ != t {
+			return false
+		}
+	}
+	for _, n := range endpointNames(s.Clusters) {
+		if s.Endpoints[n] == nil {
+			return false
+		}
+	}
+	for _, n := range a.tr.routeNames(s.Listeners) {
+		if s.Routes[n] == nil {
+			return false
+		}
+	}
+	return true
 }
 
 // complete reports whether clusters and listeners arrived and nothing they name (w, from

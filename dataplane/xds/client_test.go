@@ -530,3 +530,24 @@ func TestClientRejectsMisconfiguration(t *testing.T) {
 		}
 	}
 }
+
+// TestFirstApplyIsTheWholeConfig: a client that has programmed nothing yet applies only a
+// complete config (clusters, listeners and all they name): a restarted agent adopts maps that
+// are serving traffic, and applying the clusters before the listeners arrived would empty them.
+func TestFirstApplyIsTheWholeConfig(t *testing.T) {
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			cp := startControlPlane(t, "127.0.0.1:0")
+			cp.set(t, "v1", true, webAPI(ep{addr: "10.1.0.1:8080"}, ep{addr: "10.1.0.2:8080"})...)
+			c := startClient(t, cp.addr, p.delta)
+			want := webAPIConfig(mep("10.1.0.1:8080", 1), mep("10.1.0.2:8080", 1))
+			c.waitConfig(t, want)
+			c.rec.mu.Lock()
+			first := c.rec.configs[0]
+			c.rec.mu.Unlock()
+			if !reflect.DeepEqual(first, want) {
+				t.Errorf("first config applied:\n%swant the whole config\n%s", dump(first), dump(want))
+			}
+		})
+	}
+}
