@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/onehop-mesh/onehop/bench/loadgen"
+	"github.com/onehop-mesh/onehop/bench/probe"
 )
 
 // workloadCmd holds what runs inside pods; users do not call it directly.
@@ -33,6 +35,26 @@ func workloadCmd() *cobra.Command {
 		},
 	}
 	load.Flags().StringVar(&opts, "options", "", "load options as JSON")
-	cmd.AddCommand(server, load)
+	var probeCfg string
+	prober := &cobra.Command{
+		Use:   "probe",
+		Short: `connection-survival prober until its duration or SIGTERM; {"event":"started"} then the result as JSON lines on stdout`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var cfg probe.Config
+			dec := json.NewDecoder(bytes.NewReader([]byte(probeCfg)))
+			dec.DisallowUnknownFields() // a misspelt field would silently fall back to its default
+			if err := dec.Decode(&cfg); err != nil {
+				return fmt.Errorf("--config: %w", err)
+			}
+			cfg.OnStarted = func() { fmt.Println(`{"event":"started"}`) }
+			res, err := probe.Run(cmd.Context(), cfg) // main's context ends on SIGTERM/SIGINT
+			if err != nil {
+				return err
+			}
+			return json.NewEncoder(os.Stdout).Encode(res)
+		},
+	}
+	prober.Flags().StringVar(&probeCfg, "config", "", "probe.Config as JSON")
+	cmd.AddCommand(server, load, prober)
 	return cmd
 }
