@@ -27,6 +27,8 @@ type Result struct {
 	StartedAt     time.Time           `json:"started_at"`
 	EndedAt       time.Time           `json:"ended_at"`
 	Runs          []Run               `json:"runs"`
+	// Survival holds restart-mid-traffic results, one per variant (Runs is then empty).
+	Survival []Survival `json:"survival,omitempty"`
 }
 
 // ScenarioInfo names the scenario and keeps its fully resolved settings.

@@ -121,7 +121,11 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 	res.Scenario = bench.ScenarioInfo{Name: s.Name, File: s.File, Description: s.Description, Settings: settings}
 	res.Environment = sysinfo.Collect(ctx, sysinfo.DefaultTools)
 
-	r.say("== scenario %s: %d runs, lab %q", s.Name, len(s.plan()), lab)
+	if s.Kind == KindRestart {
+		r.say("== scenario %s: %d variants x %d restarts, lab %q", s.Name, len(s.Variants), s.Restart.Restarts, lab)
+	} else {
+		r.say("== scenario %s: %d runs, lab %q", s.Name, len(s.plan()), lab)
+	}
 	// Start from nothing: a lab left by a killed run must not leak into these numbers.
 	if err := r.Provider.Down(ctx, lab); err != nil {
 		return nil, "", fmt.Errorf("remove leftover lab %q: %w", lab, err)
@@ -151,12 +155,29 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 		}
 		defer v.Uninstall(context.Background(), c)
 	}
+	if s.Kind == KindRestart {
+		if err := r.runRestart(ctx, c, s, res); err != nil {
+			return nil, "", err
+		}
+	} else if err := r.runPlan(ctx, c, s, res); err != nil {
+		return nil, "", err
+	}
+	res.EndedAt = time.Now().UTC()
+	path, err := r.write(s, res)
+	if err != nil {
+		return nil, "", err
+	}
+	return res, path, nil
+}
+
+// runPlan measures every planned latency run.
+func (r *Runner) runPlan(ctx context.Context, c clusters.Cluster, s *Scenario, res *bench.Result) error {
 	targets := c.CPUTargets()
 	plan := s.plan()
 	start := time.Now()
 	for i, p := range plan {
 		if err := ctx.Err(); err != nil {
-			return nil, "", err
+			return err
 		}
 		elapsed := time.Since(start)
 		eta := "?"
@@ -167,7 +188,7 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 			p.connections, p.keepAlive, p.rep, s.Load.Repetitions, elapsed.Round(time.Second), eta)
 		run, err := r.measure(ctx, c, targets, s, p)
 		if err != nil {
-			return nil, "", err
+			return err
 		}
 		if !run.Valid {
 			r.say("        flagged invalid: %v", run.Invalid)
@@ -176,16 +197,20 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 		}
 		res.Runs = append(res.Runs, run)
 	}
-	res.EndedAt = time.Now().UTC()
+	return nil
+}
+
+// write saves the result JSON.
+func (r *Runner) write(s *Scenario, res *bench.Result) (string, error) {
 	if err := os.MkdirAll(r.ResultsDir, 0o755); err != nil {
-		return nil, "", err
+		return "", err
 	}
 	path := filepath.Join(r.ResultsDir, fmt.Sprintf("%s-%s.json", s.Name, res.StartedAt.Format("20060102T150405Z")))
 	if err := res.Write(path); err != nil {
-		return nil, "", err
+		return "", err
 	}
 	r.say("   wrote %s (%s)", path, time.Since(res.StartedAt).Round(time.Second))
-	return res, path, nil
+	return path, nil
 }
 
 // Plan lists the IDs of a scenario's runs in the order they will be measured.

@@ -10,7 +10,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -33,7 +35,11 @@ type Scenario struct {
 	Variants    []string `yaml:"variants" json:"variants"`
 	Placements  []string `yaml:"placements" json:"placements"`
 	// Servers is the number of endpoints behind each service.
-	Servers int `yaml:"servers" json:"servers"`
+	// Kind is what the scenario measures: "latency" (default: fortio load per connection
+	// count) or "restart-mid-traffic" (connection survival while the variants' daemons restart).
+	Kind    string       `yaml:"kind" json:"kind"`
+	Restart *RestartSpec `yaml:"restart" json:"restart,omitempty"`
+	Servers int          `yaml:"servers" json:"servers"`
 	// BackgroundServices adds that many more services per variant namespace, each selecting
 	// the same-node servers, so the data planes hold a cluster-sized service table (kube-proxy's
 	// service chain grows linearly with it; onehop's maps are hash lookups).
@@ -44,6 +50,40 @@ type Scenario struct {
 }
 
 // Cluster is the part of the cluster spec a scenario may set.
+// Scenario kinds.
+const (
+	KindLatency = "latency"
+	KindRestart = "restart-mid-traffic"
+)
+
+// RestartSpec drives a restart-mid-traffic scenario: a prober in the variant's client pod keeps
+// long-lived connections and a stream of new connections going through the service VIP while
+// the variant's daemon on Node is restarted Restarts times, Interval apart, with Signals in turn.
+type RestartSpec struct {
+	Restarts          int      `yaml:"restarts" json:"restarts"`
+	Interval          Duration `yaml:"interval" json:"interval"`
+	Signals           []string `yaml:"signals" json:"signals"`
+	Node              string   `yaml:"node" json:"node"`
+	LongLived         int      `yaml:"longLived" json:"longLived"`
+	RequestInterval   Duration `yaml:"requestInterval" json:"requestInterval"`
+	NewConnectionRate float64  `yaml:"newConnectionRate" json:"newConnectionRate"`
+	Lead              Duration `yaml:"lead" json:"lead"` // traffic before the first restart
+	Tail              Duration `yaml:"tail" json:"tail"` // traffic after the last restart is ready
+	Bucket            Duration `yaml:"bucket" json:"bucket"`
+}
+
+// Signal numbers of the names RestartSpec.Signals may use.
+var restartSignals = map[string]syscall.Signal{"SIGTERM": syscall.SIGTERM, "SIGKILL": syscall.SIGKILL}
+
+// SignalNumbers returns the restart signals in order.
+func (r *RestartSpec) SignalNumbers() []syscall.Signal {
+	var out []syscall.Signal
+	for _, s := range r.Signals {
+		out = append(out, restartSignals[s])
+	}
+	return out
+}
+
 type Cluster struct {
 	Nodes      int      `yaml:"nodes" json:"nodes"`
 	IPFamilies []string `yaml:"ipFamilies" json:"ipFamilies"`
@@ -106,6 +146,41 @@ func (s *Scenario) SetDefaults() {
 	}
 	if s.Servers == 0 {
 		s.Servers = 1
+	}
+	if s.Kind == "" {
+		s.Kind = KindLatency
+	}
+	if r := s.Restart; r != nil || s.Kind == KindRestart {
+		if r == nil {
+			r = &RestartSpec{}
+			s.Restart = r
+		}
+		defInt := func(v *int, d int) {
+			if *v == 0 {
+				*v = d
+			}
+		}
+		defDur := func(v *Duration, d time.Duration) {
+			if *v == 0 {
+				*v = Duration(d)
+			}
+		}
+		defInt(&r.Restarts, 10)
+		defInt(&r.LongLived, 16)
+		defDur(&r.Interval, 3*time.Second)
+		defDur(&r.RequestInterval, 20*time.Millisecond)
+		defDur(&r.Lead, 2*time.Second)
+		defDur(&r.Tail, 3*time.Second)
+		defDur(&r.Bucket, 100*time.Millisecond)
+		if len(r.Signals) == 0 {
+			r.Signals = []string{"SIGTERM", "SIGKILL"}
+		}
+		if r.Node == "" {
+			r.Node = "n1"
+		}
+		if r.NewConnectionRate == 0 {
+			r.NewConnectionRate = 200
+		}
 	}
 	l := &s.Load
 	if l.Mode == "" {
@@ -179,6 +254,16 @@ func (s *Scenario) Validate() error {
 			bad(fmt.Sprintf("placements[%d]", i), "cross-node needs cluster.nodes >= 2")
 		}
 	}
+	switch s.Kind {
+	case KindLatency:
+		if s.Restart != nil {
+			bad("restart", "only for kind %s", KindRestart)
+		}
+	case KindRestart:
+		s.validateRestart(bad)
+	default:
+		bad("kind", "%q must be %s or %s", s.Kind, KindLatency, KindRestart)
+	}
 	if s.Servers < 1 || s.Servers > 50 {
 		bad("servers", "%d must be between 1 and 50", s.Servers)
 	}
@@ -236,6 +321,52 @@ func (s *Scenario) Validate() error {
 		bad("load.validity.minQPSRatio", "%g must be in (0, 1]", r)
 	}
 	return errors.Join(errs...)
+}
+
+func (s *Scenario) validateRestart(bad func(field, format string, a ...any)) {
+	r := s.Restart
+	if r.Restarts < 1 || r.Restarts > 1000 {
+		bad("restart.restarts", "%d must be between 1 and 1000", r.Restarts)
+	}
+	if d := r.Interval.D(); d < 500*time.Millisecond || d > 10*time.Minute {
+		bad("restart.interval", "%v must be between 500ms and 10m", d)
+	}
+	for i, sig := range r.Signals {
+		if _, ok := restartSignals[sig]; !ok {
+			bad(fmt.Sprintf("restart.signals[%d]", i), "%q must be SIGTERM or SIGKILL", sig)
+		}
+	}
+	if n := s.Cluster.Nodes; !slices.Contains(s.Spec("x").NodeNames(), r.Node) {
+		bad("restart.node", "%q is not a node of this %d-node lab (n1..n%d)", r.Node, n, n)
+	}
+	if r.LongLived < 1 || r.LongLived > 1000 {
+		bad("restart.longLived", "%d must be between 1 and 1000", r.LongLived)
+	}
+	if d := r.RequestInterval.D(); d < time.Millisecond || d > 10*time.Second {
+		bad("restart.requestInterval", "%v must be between 1ms and 10s", d)
+	}
+	if r.NewConnectionRate <= 0 || r.NewConnectionRate > 5000 {
+		bad("restart.newConnectionRate", "%g must be above 0 and at most 5000 per second", r.NewConnectionRate)
+	}
+	if d := r.Lead.D(); d < 0 || d > 10*time.Minute {
+		bad("restart.lead", "%v must be between 0 and 10m", d)
+	}
+	if d := r.Tail.D(); d < 0 || d > 10*time.Minute {
+		bad("restart.tail", "%v must be between 0 and 10m", d)
+	}
+	if d := r.Bucket.D(); d < 10*time.Millisecond || d > 10*time.Second {
+		bad("restart.bucket", "%v must be between 10ms and 10s", d)
+	}
+	if len(s.Placements) != 1 {
+		bad("placements", "a %s scenario probes one service: list one placement", KindRestart)
+	}
+	for i, name := range s.Variants {
+		if v, err := variants.Get(name); err == nil {
+			if _, ok := v.(variants.Restarter); !ok {
+				bad(fmt.Sprintf("variants[%d]", i), "%s has no daemon the lab can restart", name)
+			}
+		}
+	}
 }
 
 // Parse decodes a scenario strictly (unknown fields are errors), applies defaults and validates.

@@ -115,6 +115,7 @@ func TestParseDefaults(t *testing.T) {
 		Cluster:    scenarios.Cluster{Nodes: 2, IPFamilies: []string{"ipv4"}},
 		Variants:   []string{"baseline"},
 		Placements: []string{scenarios.SameNode, scenarios.CrossNode},
+		Kind:       scenarios.KindLatency,
 		Servers:    1,
 		Load: scenarios.Load{
 			Mode:         "fixed-qps",

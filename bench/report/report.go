@@ -66,6 +66,9 @@ func Render(r *bench.Result, outDir string) ([]string, error) {
 	if name == "" {
 		return nil, fmt.Errorf("result has no scenario name")
 	}
+	if len(r.Survival) > 0 {
+		return renderSurvival(r, name, outDir)
+	}
 	secs, err := sections(r.Runs)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", r.Scenario.Name, err)
@@ -113,8 +116,12 @@ func Index(results []*bench.Result, outDir string) error {
 	b.WriteString("# Benchmark reports\n\n")
 	for _, n := range slices.Sorted(maps.Keys(latest)) {
 		r := latest[n]
-		fmt.Fprintf(&b, "- [%s](%s.md) — %s, revision %s, %s runs valid\n", r.Scenario.Name, n,
-			r.StartedAt.UTC().Format("2006-01-02 15:04 MST"), revision(r), validity(r.Runs))
+		what := validity(r.Runs) + " runs valid"
+		if len(r.Survival) > 0 {
+			what = survivalLine(r.Survival)
+		}
+		fmt.Fprintf(&b, "- [%s](%s.md) — %s, revision %s, %s\n", r.Scenario.Name, n,
+			r.StartedAt.UTC().Format("2006-01-02 15:04 MST"), revision(r), what)
 	}
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
@@ -237,7 +244,11 @@ func writeHeader(b *strings.Builder, r *bench.Result, variants []string) {
 		join(distinct(r.Runs, loadLabel)), join(distinct(r.Runs, func(x bench.Run) time.Duration { return x.Duration })),
 		join(distinct(r.Runs, func(x bench.Run) int { return x.PayloadBytes })),
 		len(distinct(r.Runs, func(x bench.Run) int { return x.Repetition })), validity(r.Runs))
+	writeEnvironment(b, r)
+}
 
+// writeEnvironment writes the machine, versions and lab a result came from.
+func writeEnvironment(b *strings.Builder, r *bench.Result) {
 	e, c := r.Environment, r.Cluster
 	rows := [][]string{
 		{"Host", e.Hostname},

@@ -96,6 +96,9 @@ func (c *Cluster) up(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Join(c.p.labDir(c.name), "logs"), 0o755); err != nil {
 		return err
 	}
+	if err := mountBPF(prefix(c.name), c.p.bpfDir(c.name)); err != nil { // named for `down` and mountinfo
+		return err
+	}
 	ul := underlayNetns(c.name)
 	if !netnsExists(ul) {
 		c.p.progress("create underlay %s", ul)
@@ -520,9 +523,10 @@ func (c *Cluster) NodeCgroup(nodeName string) string {
 	return filepath.Join(c.p.CgroupRoot, prefix(c.name), nodeName)
 }
 
-// NodeBPFDir is the node's bpffs directory; down removes it with the rest of the lab.
+// NodeBPFDir is the node's directory in the lab's bpffs; down unmounts it with the rest of the
+// lab.
 func (c *Cluster) NodeBPFDir(nodeName string) string {
-	return filepath.Join(c.p.BPFRoot, prefix(c.name), nodeName)
+	return filepath.Join(c.p.bpfDir(c.name), nodeName)
 }
 
 // RuntimeDir holds the lab daemons' sockets and files; down removes it.

@@ -303,7 +303,13 @@ func snapshotHost(t *testing.T, p *Provider, ours string) hostState {
 		}
 	}
 	sort.Strings(labProcs)
-	bpf, _ := filepath.Glob(filepath.Join(p.BPFRoot, "*"))
+	var bpf []string // bpffs mounts
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mi), "\n") {
+		if strings.Contains(line, " - bpf ") {
+			bpf = append(bpf, line)
+		}
+	}
 	state, _ := filepath.Glob(filepath.Join(p.StateDir, "*"))
 	return hostState{
 		"netns":     keep(cmd("ip", "netns", "list")),

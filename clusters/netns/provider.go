@@ -6,6 +6,8 @@
 package netns
 
 import (
+	"golang.org/x/sys/unix"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,8 +39,6 @@ type Provider struct {
 	StateDir string
 	// CgroupRoot is the cgroup v2 mount (default: found in /proc/self/mountinfo).
 	CgroupRoot string
-	// BPFRoot is the bpffs mount where the lab may pin objects (default /sys/fs/bpf).
-	BPFRoot string
 	// Binary is the onehop executable that runs workloads in pods (default: this executable).
 	Binary string
 	// Progress receives one line per step of long operations; nil is silent.
@@ -48,7 +48,7 @@ type Provider struct {
 
 // New returns a provider with defaults filled in.
 func New() (*Provider, error) {
-	p := &Provider{StateDir: "/run/onehop", BPFRoot: "/sys/fs/bpf", Log: slog.Default()}
+	p := &Provider{StateDir: "/run/onehop", Log: slog.Default()}
 	root, err := cpu.CgroupRoot()
 	if err != nil {
 		return nil, err
@@ -113,6 +113,40 @@ type node struct {
 func (n node) gateway(family int) netip.Addr { return host(n.PodCIDRs[family], 1) }
 
 func (p *Provider) labDir(name string) string { return filepath.Join(p.StateDir, name) }
+
+// bpfDir is the lab's own bpffs mount, where node daemons pin objects. A mount of its own keeps
+// the host's /sys/fs/bpf (which need not even be a bpffs) out of the lab.
+func (p *Provider) bpfDir(name string) string { return filepath.Join(p.labDir(name), "bpf") }
+
+// mountBPF mounts a bpffs instance named source at dir unless one is there.
+func mountBPF(source, dir string) error {
+	if isBPFFS(dir) {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := unix.Mount(source, dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount a bpffs at %s (does the kernel have CONFIG_BPF_SYSCALL?): %w", dir, err)
+	}
+	return nil
+}
+
+// unmountBPF detaches the lab's bpffs, if mounted.
+func unmountBPF(dir string) error {
+	if !isBPFFS(dir) {
+		return nil
+	}
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("unmount the lab's bpffs %s: %w", dir, err)
+	}
+	return nil
+}
+
+func isBPFFS(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Type == unix.BPF_FS_MAGIC
+}
 
 // Up creates the lab, or completes a partly created one: every step first checks what exists.
 func (p *Provider) Up(ctx context.Context, spec clusters.Spec) (clusters.Cluster, error) {
@@ -276,11 +310,12 @@ func (p *Provider) Down(ctx context.Context, name string) error {
 	if err := removeCgroupTree(cg); err != nil {
 		errs = append(errs, err)
 	}
-	// 4. Pinned BPF objects, and the state directory.
-	for _, dir := range []string{filepath.Join(p.BPFRoot, prefix(name)), p.labDir(name)} {
-		if err := os.RemoveAll(dir); err != nil {
-			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
-		}
+	// 4. The lab's bpffs (its pins go with it: links pinned there detach once nothing else
+	// holds them), then the state directory.
+	if err := unmountBPF(p.bpfDir(name)); err != nil {
+		errs = append(errs, err)
+	} else if err := os.RemoveAll(p.labDir(name)); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", p.labDir(name), err))
 	}
 	if len(errs) == 0 {
 		os.Remove(lock.Name())

@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/onehop-mesh/onehop/clusters"
 )
@@ -41,3 +45,20 @@ func (Baseline) Install(ctx context.Context, c clusters.Cluster) error {
 
 // Uninstall leaves the rules: they are the cluster's, not the variant's.
 func (Baseline) Uninstall(context.Context, clusters.Cluster) error { return nil }
+
+// Restart re-syncs the service rules of the node from scratch, which is what a restarted
+// kube-proxy does (a full iptables-restore of its chains). There is no process: the rules stay
+// in the kernel while "the daemon" is away, so the signal makes no difference.
+func (Baseline) Restart(ctx context.Context, c clusters.Cluster, node string, sig syscall.Signal) (RestartEvent, error) {
+	sp, ok := c.(clusters.ServiceProxy)
+	if !ok {
+		return RestartEvent{}, fmt.Errorf("baseline: the %s provider's kube-proxy is not the lab's; restart it with kubectl", c.Provider())
+	}
+	ev := RestartEvent{Node: node, Signal: unix.SignalName(sig), Daemon: "kube-proxy-style rule programmer (full re-sync)", StoppedAt: time.Now()}
+	if err := sp.ResyncServices(ctx, node); err != nil {
+		return ev, fmt.Errorf("baseline: re-sync services on %s: %w", node, err)
+	}
+	ev.ReadyAt = time.Now()
+	ev.ReadyMS = float64(ev.ReadyAt.Sub(ev.StoppedAt).Microseconds()) / 1000
+	return ev, nil
+}

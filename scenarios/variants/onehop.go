@@ -14,7 +14,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/clusters/controlplane"
@@ -39,6 +42,7 @@ type Onehop struct {
 	cancel context.CancelFunc
 	cpDone chan error
 	agents map[string]*clusters.Process
+	argv   map[string][]string // each node's agent command line, to restart it
 }
 
 func init() { Register(&Onehop{}) }
@@ -96,13 +100,13 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 	}
 	nodes := c.Spec().NodeNames()
 
-	o.agents = map[string]*clusters.Process{}
+	o.agents, o.argv = map[string]*clusters.Process{}, map[string][]string{}
 	for _, node := range nodes {
 		sock := AgentSocket(h, node)
 		os.Remove(sock)
-		argv := []string{bin, "--node-id", node, "--xds-address", cpAddr, "--cgroup", h.NodeCgroup(node),
+		o.argv[node] = []string{bin, "--node-id", node, "--xds-address", cpAddr, "--cgroup", h.NodeCgroup(node),
 			"--bpffs", h.NodeBPFDir(node), "--admin-socket", sock, "--metrics-address", ":15020"}
-		p, err := h.StartOnNode(ctx, node, clusters.Command{Name: "onehop-agent", Argv: argv, Detach: true})
+		p, err := h.StartOnNode(ctx, node, clusters.Command{Name: "onehop-agent", Argv: o.argv[node], Detach: true})
 		if err != nil {
 			return fmt.Errorf("onehop: start agent on %s: %w", node, err)
 		}
@@ -158,11 +162,22 @@ func (o *Onehop) enrollPods(ctx context.Context, c clusters.Cluster, h clusters.
 	return errors.Join(errs...)
 }
 
-// Uninstall stops the agents (they detach their programs) and the control plane.
+// Uninstall stops the agents and the control plane, then removes what the agents pinned: a
+// stopped agent leaves its programs attached and serving (that is what makes a restart
+// seamless), so taking onehop out of a node is an explicit `onehop-agent --uninstall`.
 func (o *Onehop) Uninstall(ctx context.Context, c clusters.Cluster) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.stop()
+	err := o.stop()
+	if h, ok := c.(clusters.NodeHost); ok {
+		for node, argv := range o.argv {
+			if out, uerr := h.RunOnNode(ctx, node, nil, argv[0], "--uninstall", "--bpffs", h.NodeBPFDir(node), "--cgroup", h.NodeCgroup(node)); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("onehop: uninstall on %s: %w: %s", node, uerr, out))
+			}
+		}
+	}
+	o.argv = nil
+	return err
 }
 
 func (o *Onehop) stop() error {
@@ -197,6 +212,41 @@ func Enroll(ctx context.Context, sock, netns string, on bool) error {
 	return nil
 }
 
+// Restart stops the node's agent with sig and starts a new one with the same command line, as a
+// DaemonSet rollout or a crash-and-restart would. The pinned programs and maps keep serving
+// connections meanwhile; the new agent adopts them.
+func (o *Onehop) Restart(ctx context.Context, c clusters.Cluster, node string, sig syscall.Signal) (RestartEvent, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	h, _ := c.(clusters.NodeHost)
+	old, ok := o.agents[node]
+	if !ok || h == nil {
+		return RestartEvent{}, fmt.Errorf("onehop: no agent runs on node %q", node)
+	}
+	ev := RestartEvent{Node: node, Signal: unix.SignalName(sig), StoppedAt: time.Now()}
+	old.Process.Signal(sig)
+	select {
+	case <-old.Exited:
+	case <-time.After(10 * time.Second):
+		old.Process.Kill()
+		<-old.Exited
+		return ev, fmt.Errorf("onehop: agent on %s did not exit within 10s of %s; log %s:\n%s", node, ev.Signal, old.LogPath, old.LogTail(2000))
+	}
+	p, err := h.StartOnNode(ctx, node, clusters.Command{Name: "onehop-agent", Argv: o.argv[node], Detach: true})
+	if err != nil {
+		delete(o.agents, node)
+		return ev, fmt.Errorf("onehop: restart agent on %s: %w", node, err)
+	}
+	o.agents[node] = p
+	if err := waitReady(ctx, AgentSocket(h, node), p); err != nil {
+		return ev, fmt.Errorf("onehop: restarted agent on %s: %w", node, err)
+	}
+	ev.ReadyAt = time.Now()
+	ev.ReadyMS = float64(ev.ReadyAt.Sub(ev.StoppedAt).Microseconds()) / 1000
+	ev.Daemon = fmt.Sprintf("onehop-agent (pid %d -> %d)", old.Process.Pid, p.Process.Pid)
+	return ev, nil
+}
+
 // waitReady polls the agent's /readyz until it has programmed its first config.
 func waitReady(ctx context.Context, sock string, p *clusters.Process) error {
 	deadline := time.Now().Add(30 * time.Second)
@@ -208,7 +258,7 @@ func waitReady(ctx context.Context, sock string, p *clusters.Process) error {
 			return fmt.Errorf("exited before it was ready; log %s:\n%s", p.LogPath, p.LogTail(2000))
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(10 * time.Millisecond): // fine enough to time a restart
 		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/readyz", nil)
 		resp, err := client.Do(req)

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"syscall"
 
+	"github.com/onehop-mesh/onehop/bench"
 	"github.com/onehop-mesh/onehop/clusters"
 )
 
@@ -23,6 +25,17 @@ type Variant interface {
 	Install(ctx context.Context, c clusters.Cluster) error
 	Uninstall(ctx context.Context, c clusters.Cluster) error
 }
+
+// Restarter is a variant whose node daemon can be restarted the way an operator would, for the
+// restart-mid-traffic scenario.
+type Restarter interface {
+	// Restart stops the variant's daemon on node with sig (SIGTERM: graceful, SIGKILL: crash),
+	// starts it again and waits until it is ready.
+	Restart(ctx context.Context, c clusters.Cluster, node string, sig syscall.Signal) (RestartEvent, error)
+}
+
+// RestartEvent is one restart as the scenario records it.
+type RestartEvent = bench.RestartEvent
 
 var registry = map[string]Variant{}
 
