@@ -6,7 +6,8 @@ GO    ?= go
 BIN   := bin/onehop
 # file-or-command:package pairs; a package is installed when its command (or file) is missing.
 DEPS  := ip:iproute2 iptables-restore:iptables ip6tables-restore:iptables sysctl:procps ps:procps nsenter:util-linux \
-         clang:clang llvm-strip:llvm bpftool:bpftool /usr/include/bpf/bpf_helpers.h:libbpf-dev
+         clang:clang llvm-strip:llvm bpftool:bpftool /usr/include/bpf/bpf_helpers.h:libbpf-dev \
+         curl:curl haproxy:haproxy
 
 .PHONY: all deps build generate doctor test lint bench-all bench-latency bench-scale bench-datapath report
 

@@ -9,13 +9,13 @@ import (
 	"io"
 	"net"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/onehop-mesh/onehop/bench"
 	"github.com/onehop-mesh/onehop/bench/probe"
 	"github.com/onehop-mesh/onehop/clusters"
+	"github.com/onehop-mesh/onehop/clusters/kubeproxy"
 	"github.com/onehop-mesh/onehop/scenarios/variants"
 )
 
@@ -94,8 +94,7 @@ func (r *Runner) survive(ctx context.Context, c clusters.Cluster, s *Scenario, n
 }
 
 // serviceRulePackets sums, over the nodes, the packets the lab's kube-proxy rules matched for
-// the VIP (one per new connection: NAT rules see only a connection's first packet); -1 when
-// the cluster's nodes are not the lab's.
+// the VIP; -1 when the cluster's nodes are not the lab's.
 func serviceRulePackets(ctx context.Context, c clusters.Cluster, vip string) int64 {
 	nr, ok := c.(clusters.NodeRunner)
 	if !ok {
@@ -103,17 +102,14 @@ func serviceRulePackets(ctx context.Context, c clusters.Cluster, vip string) int
 	}
 	var total int64
 	for _, node := range c.Spec().NodeNames() {
-		out, err := nr.RunOnNode(ctx, node, nil, "iptables", "-w", "-t", "nat", "-L", "ONEHOP-SERVICES", "-v", "-x", "-n")
+		run := func(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
+			return nr.RunOnNode(ctx, node, stdin, argv...)
+		}
+		n, err := kubeproxy.VIPPackets(ctx, run, kubeproxy.IPv4, vip)
 		if err != nil {
 			return -1
 		}
-		for _, line := range strings.Split(string(out), "\n") {
-			// pkts bytes target prot opt in out source destination ...
-			if f := strings.Fields(line); len(f) > 8 && f[8] == vip {
-				n, _ := strconv.ParseInt(f[0], 10, 64)
-				total += n
-			}
-		}
+		total += n
 	}
 	return total
 }

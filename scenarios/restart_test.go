@@ -8,8 +8,6 @@ import (
 	"testing"
 
 	"github.com/onehop-mesh/onehop/bench/report"
-	"github.com/onehop-mesh/onehop/clusters/netns"
-	"github.com/onehop-mesh/onehop/internal/testbin"
 )
 
 // TestRestartMidTraffic: 20 restarts of the onehop agent (SIGTERM and SIGKILL in turn) while a
@@ -18,15 +16,7 @@ import (
 // back to the lab's kube-proxy rules (onehop itself balanced them all, restarts included).
 // The baseline's restart (a full rule re-sync) runs too, and the report renders.
 func TestRestartMidTraffic(t *testing.T) {
-	testbin.RequireRoot(t)
-	p, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Binary = testbin.Onehop(t)
-	t.Setenv("ONEHOP_AGENT_BIN", p.Binary+"-agent") // the registered onehop variant finds it there
-	lab := "trrestart"
-	t.Cleanup(func() { p.Down(context.Background(), lab) })
+	r := testRunner(t, "trrestart")
 	s, err := Parse("test.yaml", []byte(`
 name: restart-test
 kind: restart-mid-traffic
@@ -43,8 +33,6 @@ restart:
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	r := &Runner{Provider: p, Binary: p.Binary, ResultsDir: dir, Lab: lab}
 	res, _, err := r.Run(context.Background(), s)
 	if err != nil {
 		t.Fatal(err)

@@ -15,15 +15,23 @@ import (
 
 // A short real run: lab up, baseline, fortio through the VIP on both placements, CPU sampled,
 // result written, report rendered, lab gone.
-func TestRunScenarioEndToEnd(t *testing.T) {
+// testRunner runs scenarios on a lab of its own, removed when the test ends, with results in a
+// temporary directory.
+func testRunner(t *testing.T, lab string) *Runner {
 	testbin.RequireRoot(t)
 	p, err := netns.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.Binary = testbin.Onehop(t)
-	lab := "tr" + strings.ToLower(strings.ReplaceAll(t.Name(), "Test", ""))[:6]
+	t.Setenv("ONEHOP_AGENT_BIN", p.Binary+"-agent") // where the registered onehop variant finds it
 	t.Cleanup(func() { p.Down(context.Background(), lab) })
+	return &Runner{Provider: p, Binary: p.Binary, ResultsDir: t.TempDir(), Lab: lab}
+}
+
+func TestRunScenarioEndToEnd(t *testing.T) {
+	lab := "tr" + strings.ToLower(strings.ReplaceAll(t.Name(), "Test", ""))[:6]
+	r := testRunner(t, lab)
 	s, err := Parse("test.yaml", []byte(`
 name: e2e
 variants: [baseline]
@@ -36,8 +44,6 @@ load:
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	r := &Runner{Provider: p, Binary: p.Binary, ResultsDir: dir, Lab: lab}
 	res, path, err := r.Run(context.Background(), s)
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +75,7 @@ load:
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(dir, "report")
+	out := filepath.Join(r.ResultsDir, "report")
 	files, err := report.Render(back, out)
 	if err != nil || len(files) < 3 {
 		t.Fatalf("render: %v %v", files, err)

@@ -39,6 +39,7 @@ var DefaultTools = []Tool{
 	{Name: "ip", Args: []string{"-V"}},
 	{Name: "nft", Args: []string{"--version"}},
 	{Name: "bpftool", Args: []string{"version"}},
+	{Name: "haproxy", Args: []string{"-v"}}, // the sidecar, ambient and waypoint proxies
 }
 
 // Collect describes the machine and software of this run. Values that cannot be read are

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/onehop-mesh/onehop/clusters/services"
@@ -205,4 +206,23 @@ func hostCIDR(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).Stri
 func hash(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return base32.StdEncoding.EncodeToString(sum[:])[:16]
+}
+
+// VIPPackets sums the packets the services chain matched for a VIP on one node: one per new
+// connection to it, since NAT rules see only a connection's first packet. A sync that rewrites
+// the chain resets the counters.
+func VIPPackets(ctx context.Context, run Runner, f Family, vip string) (int64, error) {
+	out, err := run(ctx, nil, f.Binary(), "-w", "-t", "nat", "-L", chainServices, "-v", "-x", "-n")
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, line := range strings.Split(string(out), "\n") {
+		// pkts bytes target prot opt in out source destination ...
+		if fs := strings.Fields(line); len(fs) > 8 && fs[8] == vip {
+			n, _ := strconv.ParseInt(fs[0], 10, 64)
+			total += n
+		}
+	}
+	return total, nil
 }

@@ -5,15 +5,17 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
-	"regexp"
-	"strconv"
+	"io/fs"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/onehop-mesh/onehop/clusters"
+	"github.com/onehop-mesh/onehop/clusters/kubeproxy"
 	"github.com/onehop-mesh/onehop/clusters/netns"
 	"github.com/onehop-mesh/onehop/dataplane/agent"
+	"github.com/onehop-mesh/onehop/dataplane/datapath"
 	"github.com/onehop-mesh/onehop/internal/testbin"
 )
 
@@ -88,21 +90,16 @@ func vip(t *testing.T, c *netns.Cluster, ns string) string {
 	return svc.ClusterIPs[0].String()
 }
 
-// natPackets sums the packet counters of the kube-proxy-style service chain for a VIP on n1.
+// natPackets counts the packets of the kube-proxy-style service chain for a VIP on n1.
 func natPackets(t *testing.T, c *netns.Cluster, vip string) int {
-	out, err := c.RunOnNode(context.Background(), "n1", nil, "iptables", "-w", "-t", "nat", "-L", "ONEHOP-SERVICES", "-n", "-v", "-x")
+	run := func(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
+		return c.RunOnNode(ctx, "n1", stdin, argv...)
+	}
+	n, err := kubeproxy.VIPPackets(context.Background(), run, kubeproxy.IPv4, vip)
 	if err != nil {
 		t.Fatal(err)
 	}
-	total := 0
-	re := regexp.MustCompile(`^\s*(\d+)\s+\d+\s+ONEHOP-SVC-\S+.*\s` + regexp.QuoteMeta(vip) + `\s`)
-	for _, line := range strings.Split(string(out), "\n") {
-		if m := re.FindStringSubmatch(line); m != nil {
-			n, _ := strconv.Atoi(m[1])
-			total += n
-		}
-	}
-	return total
+	return int(n)
 }
 
 func TestOnehopBalancesInTheKernelOneHop(t *testing.T) {
@@ -266,5 +263,43 @@ func TestOnehopSurvivesControlPlaneRestart(t *testing.T) {
 	}
 	if n := natPackets(t, c, vip(t, c, "onehop")); n != 0 {
 		t.Errorf("%d packets took the iptables path: traffic did not stay in the kernel data plane", n)
+	}
+}
+
+// TestOnehopUninstallLeavesNothing: stopping the agents leaves their programs attached (that is
+// what a restart relies on); Uninstall detaches them and removes every pin.
+func TestOnehopUninstallLeavesNothing(t *testing.T) {
+	c, v := onehopLab(t)
+	ctx := context.Background()
+	for _, node := range []string{"n1", "n2"} {
+		if progs, err := datapath.AttachedPrograms(c.NodeCgroup(node)); err != nil || len(progs) == 0 {
+			t.Fatalf("%s: attached %v, %v; want the agent's programs", node, progs, err)
+		}
+	}
+	if err := v.Uninstall(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	for _, node := range []string{"n1", "n2"} {
+		if progs, err := datapath.AttachedPrograms(c.NodeCgroup(node)); err != nil || len(progs) != 0 {
+			t.Errorf("%s: still attached after uninstall: %v %v", node, progs, err)
+		}
+		var pins []string
+		filepath.WalkDir(c.NodeBPFDir(node), func(path string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				pins = append(pins, path)
+			}
+			return nil
+		})
+		if len(pins) != 0 {
+			t.Errorf("%s: pins left after uninstall: %v", node, pins)
+		}
+	}
+	// Traffic from the enrolled pod is back on kube-proxy's rules.
+	before := natPackets(t, c, vip(t, c, "onehop"))
+	if status, _ := get(t, c, "onehop-client", "http://"+vip(t, c, "onehop")+"/"); status != "200" {
+		t.Errorf("after uninstall: status %q", status)
+	}
+	if natPackets(t, c, vip(t, c, "onehop")) == before {
+		t.Error("after uninstall the VIP is still not served by the service chain")
 	}
 }
