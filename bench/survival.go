@@ -89,13 +89,13 @@ func SummarizeSurvival(p *probe.Result, restarts []RestartEvent) SurvivalSummary
 	}
 	for sig, ms := range bySignal {
 		slices.Sort(ms)
-		s.ReadyMS[sig] = MedianMax{Median: median(ms), Max: ms[len(ms)-1], N: len(ms)}
+		s.ReadyMS[sig] = MedianMax{Median: Median(ms), Max: ms[len(ms)-1], N: len(ms)}
 	}
 	return s
 }
 
-// median of sorted values.
-func median(sorted []float64) float64 {
+// Median of sorted values.
+func Median(sorted []float64) float64 {
 	n := len(sorted)
 	if n%2 == 1 {
 		return sorted[n/2]

@@ -5,6 +5,7 @@ import (
 	"image/color"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,11 +47,12 @@ func renderSurvival(r *bench.Result, name, outDir string) ([]string, error) {
 			fmt.Sprintf("%d/%d", m.LongLivedSurviving, m.LongLived),
 			fmt.Sprintf("%d of %d", m.RequestsFailed, m.RequestsOK+m.RequestsFailed),
 			fmt.Sprintf("%d of %d (%d)", m.NewConnFailed, m.NewConnOK+m.NewConnFailed, m.NewConnFailedDuringRestarts),
-			readyCell(m, "SIGTERM"), readyCell(m, "SIGKILL"), fmt.Sprint(len(sv.Restarts)), viaCell(sv)})
+			readyCell(m, "SIGTERM"), readyCell(m, "SIGKILL"), fmt.Sprint(len(sv.Restarts)), viaCell(sv), p99Cell(sv)})
 	}
 	writeTable(&b, []string{"variant", "long-lived connections surviving", "requests failed",
 		"new connections failed (of them during restarts)", "time to ready after SIGTERM, ms (median / max)",
-		"after SIGKILL", "restarts", "connections through kube-proxy rules"}, rows)
+		"after SIGKILL", "restarts", "connections through kube-proxy rules",
+		"p99 per bucket, µs: median of other buckets / median and max of restart buckets"}, rows)
 	b.WriteString("A restart window runs from the signal to the new daemon's readiness; new connections failed " +
 		"during restarts are those in time buckets overlapping one. The last column counts connections to the " +
 		"probed VIP that the lab's kube-proxy rules DNATed: all of them for the baseline; for a variant that " +
@@ -98,6 +100,36 @@ func renderSurvival(r *bench.Result, name, outDir string) ([]string, error) {
 	return append([]string{md}, files...), nil
 }
 
+// p99Cell compares the per-bucket p99 of buckets overlapping a restart window with the others.
+func p99Cell(sv bench.Survival) string {
+	p := sv.Probe
+	if p == nil {
+		return "–"
+	}
+	var during, other []float64
+	for _, b := range p.Buckets {
+		from := time.Unix(0, b.StartUnixNs)
+		if b.P99Us == 0 || from.Add(p.Config.Bucket).After(p.End) {
+			continue
+		}
+		hit := false
+		for _, r := range sv.Restarts {
+			hit = hit || from.Before(r.ReadyAt) && from.Add(p.Config.Bucket).After(r.StoppedAt)
+		}
+		if hit {
+			during = append(during, float64(b.P99Us))
+		} else {
+			other = append(other, float64(b.P99Us))
+		}
+	}
+	if len(during) == 0 || len(other) == 0 {
+		return "–"
+	}
+	slices.Sort(during)
+	slices.Sort(other)
+	return fmt.Sprintf("%s / %s and %s", num(bench.Median(other)), num(bench.Median(during)), num(during[len(during)-1]))
+}
+
 func viaCell(sv bench.Survival) string {
 	switch {
 	case sv.Variant == baseline:
@@ -141,6 +173,9 @@ func writeTimeline(sv bench.Survival, vi int, base string) ([]string, error) {
 	perSec := 1 / p.Config.Bucket.Seconds()
 	var ok, failed, newFailed, p99 plotter.XYs
 	for _, b := range p.Buckets {
+		if time.Unix(0, b.StartUnixNs).Add(p.Config.Bucket).After(p.End) {
+			continue // the last, partial bucket would show as a drop in traffic
+		}
 		x := time.Unix(0, b.StartUnixNs).Sub(t0).Seconds()
 		ok = append(ok, plotter.XY{X: x, Y: float64(b.RequestsOK) * perSec})
 		failed = append(failed, plotter.XY{X: x, Y: float64(b.RequestsFailed) * perSec})
@@ -157,7 +192,11 @@ func writeTimeline(sv bench.Survival, vi int, base string) ([]string, error) {
 	lat.Title.Text = fmt.Sprintf("%s: p99 latency per %v", sv.Variant, p.Config.Bucket)
 	lat.X.Label.Text = "seconds"
 	lat.Y.Label.Text = "µs"
-	legend := plot.NewLegend()
+	legends := map[*plot.Plot]*plot.Legend{}
+	for _, pl := range []*plot.Plot{rate, lat} {
+		l := plot.NewLegend()
+		legends[pl] = &l
+	}
 	for i, s := range []struct {
 		name string
 		xys  plotter.XYs
@@ -181,7 +220,7 @@ func writeTimeline(sv bench.Survival, vi int, base string) ([]string, error) {
 			l.Dashes = []vg.Length{vg.Points(2), vg.Points(2)}
 		}
 		s.pl.Add(l)
-		legend.Add(s.name, l)
+		legends[s.pl].Add(s.name, l)
 	}
 	for _, pl := range []*plot.Plot{rate, lat} {
 		pl.Add(plotter.NewGrid())
@@ -204,7 +243,7 @@ func writeTimeline(sv bench.Survival, vi int, base string) ([]string, error) {
 	}{{"", rate}, {"-p99", lat}} {
 		for _, format := range []string{"svg", "png"} {
 			path := base + part.suffix + "." + format
-			if err := save(part.pl, legend, format, path); err != nil {
+			if err := save(part.pl, *legends[part.pl], format, path); err != nil {
 				return files, fmt.Errorf("write %s: %w", path, err)
 			}
 			files = append(files, path)
