@@ -29,6 +29,8 @@ type Result struct {
 	Runs          []Run               `json:"runs"`
 	// Survival holds restart-mid-traffic results, one per variant (Runs is then empty).
 	Survival []Survival `json:"survival,omitempty"`
+	// Startup holds start-up scenario results, one per new pod (Runs is then empty).
+	Startup []StartupRun `json:"startup,omitempty"`
 }
 
 // ScenarioInfo names the scenario and keeps its fully resolved settings.

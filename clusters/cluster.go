@@ -100,6 +100,13 @@ type Command struct {
 	Detach bool
 	// Stdout, when set, receives the standard output instead of the log file.
 	Stdout io.Writer
+	// UID, when not 0, runs the process as that user and group id (a sidecar proxy's own uid,
+	// which its pod's interception rules exempt).
+	UID int
+	// Container, when set, runs the process in the pod's network namespace but in a cgroup of
+	// its own beside the pod's (a sidecar container), so CPU reports show it as component
+	// Container instead of adding it to the pod's. A DNS label, like "sidecar".
+	Container string
 }
 
 // Process is a started process.

@@ -121,9 +121,12 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 	res.Scenario = bench.ScenarioInfo{Name: s.Name, File: s.File, Description: s.Description, Settings: settings}
 	res.Environment = sysinfo.Collect(ctx, sysinfo.DefaultTools)
 
-	if s.Kind == KindRestart {
+	switch s.Kind {
+	case KindRestart:
 		r.say("== scenario %s: %d variants x %d restarts, lab %q", s.Name, len(s.Variants), s.Restart.Restarts, lab)
-	} else {
+	case KindStartup:
+		r.say("== scenario %s: %d variants x %d new pods, lab %q", s.Name, len(s.Variants), s.Startup.Pods, lab)
+	default:
 		r.say("== scenario %s: %d runs, lab %q", s.Name, len(s.plan()), lab)
 	}
 	// Start from nothing: a lab left by a killed run must not leak into these numbers.
@@ -155,11 +158,15 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 		}
 		defer v.Uninstall(context.Background(), c)
 	}
-	if s.Kind == KindRestart {
-		if err := r.runRestart(ctx, c, s, res); err != nil {
-			return nil, "", err
-		}
-	} else if err := r.runPlan(ctx, c, s, res); err != nil {
+	switch s.Kind {
+	case KindRestart:
+		err = r.runRestart(ctx, c, s, res)
+	case KindStartup:
+		err = r.runStartup(ctx, c, s, res)
+	default:
+		err = r.runPlan(ctx, c, s, res)
+	}
+	if err != nil {
 		return nil, "", err
 	}
 	res.EndedAt = time.Now().UTC()

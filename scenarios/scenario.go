@@ -39,6 +39,7 @@ type Scenario struct {
 	// count) or "restart-mid-traffic" (connection survival while the variants' daemons restart).
 	Kind    string       `yaml:"kind" json:"kind"`
 	Restart *RestartSpec `yaml:"restart" json:"restart,omitempty"`
+	Startup *StartupSpec `yaml:"startup" json:"startup,omitempty"`
 	Servers int          `yaml:"servers" json:"servers"`
 	// BackgroundServices adds that many more services per variant namespace, each selecting
 	// the same-node servers, so the data planes hold a cluster-sized service table (kube-proxy's
@@ -54,7 +55,16 @@ type Scenario struct {
 const (
 	KindLatency = "latency"
 	KindRestart = "restart-mid-traffic"
+	KindStartup = "startup"
 )
+
+// StartupSpec drives a start-up scenario (claim C8): Pods times per variant, a new pod is created
+// in the variant's namespace, onboarded by the variant, and requests the same-node service until
+// the first success.
+type StartupSpec struct {
+	Pods    int      `yaml:"pods" json:"pods"`
+	Timeout Duration `yaml:"timeout" json:"timeout"` // per pod, to its first success
+}
 
 // RestartSpec drives a restart-mid-traffic scenario: a prober in the variant's client pod keeps
 // long-lived connections and a stream of new connections going through the service VIP while
@@ -149,6 +159,17 @@ func (s *Scenario) SetDefaults() {
 	}
 	if s.Kind == "" {
 		s.Kind = KindLatency
+	}
+	if s.Startup != nil || s.Kind == KindStartup {
+		if s.Startup == nil {
+			s.Startup = &StartupSpec{}
+		}
+		if s.Startup.Pods == 0 {
+			s.Startup.Pods = 10
+		}
+		if s.Startup.Timeout == 0 {
+			s.Startup.Timeout = Duration(30 * time.Second)
+		}
 	}
 	if r := s.Restart; r != nil || s.Kind == KindRestart {
 		if r == nil {
@@ -254,15 +275,35 @@ func (s *Scenario) Validate() error {
 			bad(fmt.Sprintf("placements[%d]", i), "cross-node needs cluster.nodes >= 2")
 		}
 	}
+	if s.Restart != nil && s.Kind != KindRestart {
+		bad("restart", "only for kind %s", KindRestart)
+	}
+	if s.Startup != nil && s.Kind != KindStartup {
+		bad("startup", "only for kind %s", KindStartup)
+	}
 	switch s.Kind {
 	case KindLatency:
-		if s.Restart != nil {
-			bad("restart", "only for kind %s", KindRestart)
-		}
 	case KindRestart:
 		s.validateRestart(bad)
+	case KindStartup:
+		if p := s.Startup.Pods; p < 1 || p > 100 {
+			bad("startup.pods", "%d must be between 1 and 100", p)
+		}
+		if d := s.Startup.Timeout.D(); d < time.Second || d > 10*time.Minute {
+			bad("startup.timeout", "%v must be between 1s and 10m", d)
+		}
+		if !slices.Contains(s.Placements, SameNode) {
+			bad("placements", "a %s scenario requests the same-node service: list same-node", KindStartup)
+		}
+		for i, name := range s.Variants {
+			if v, err := variants.Get(name); err == nil && len(v.Labels()) > 0 {
+				if _, ok := v.(variants.Onboarder); !ok {
+					bad(fmt.Sprintf("variants[%d]", i), "%s cannot onboard a new pod", name)
+				}
+			}
+		}
 	default:
-		bad("kind", "%q must be %s or %s", s.Kind, KindLatency, KindRestart)
+		bad("kind", "%q must be %s, %s or %s", s.Kind, KindLatency, KindRestart, KindStartup)
 	}
 	if s.Servers < 1 || s.Servers > 50 {
 		bad("servers", "%d must be between 1 and 50", s.Servers)

@@ -69,6 +69,9 @@ func Render(r *bench.Result, outDir string) ([]string, error) {
 	if len(r.Survival) > 0 {
 		return renderSurvival(r, name, outDir)
 	}
+	if len(r.Startup) > 0 {
+		return renderStartup(r, name, outDir)
+	}
 	secs, err := sections(r.Runs)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", r.Scenario.Name, err)
@@ -120,13 +123,20 @@ func Index(results []*bench.Result, outDir string) error {
 		if len(r.Survival) > 0 {
 			what = survivalLine(r.Survival)
 		}
+		if len(r.Startup) > 0 {
+			what = fmt.Sprintf("%d new pods", len(r.Startup))
+		}
 		fmt.Fprintf(&b, "- [%s](%s.md) — %s, revision %s, %s\n", r.Scenario.Name, n,
 			r.StartedAt.UTC().Format("2006-01-02 15:04 MST"), revision(r), what)
 	}
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(outDir, "README.md"), []byte(b.String()), 0o644)
+	b.WriteString("\n[Claims scorecard](claims.md): the published Kmesh claims against these results.\n")
+	if err := os.WriteFile(filepath.Join(outDir, "README.md"), []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	return Scorecard(results, outDir)
 }
 
 // sections groups runs by placement and keep-alive mode, then by variant and connection count,

@@ -9,8 +9,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -250,6 +252,12 @@ func (c *Cluster) freeOrdinal(nodeName string) int {
 	}
 }
 
+// podMAC is 0a:58 (a locally administered prefix) followed by the last four bytes of ip.
+func podMAC(ip netip.Addr) string {
+	b := ip.As16()
+	return fmt.Sprintf("0a:58:%02x:%02x:%02x:%02x", b[12], b[13], b[14], b[15])
+}
+
 func (c *Cluster) createPodNet(ctx context.Context, n node, pod clusters.Pod) error {
 	if netnsExists(pod.Netns) {
 		if err := ipBatch(ctx, "", "netns delete "+pod.Netns); err != nil {
@@ -268,7 +276,11 @@ func (c *Cluster) createPodNet(ctx context.Context, n node, pod clusters.Pod) er
 		fmt.Sprintf("link set %s type bridge_slave hairpin on", veth)); err != nil {
 		return err
 	}
-	lines := []string{"link set lo up", "link set " + podIface + " up"}
+	// The MAC follows from the pod's IP (as the CNI bridge plugin does): a pod that reuses a
+	// deleted pod's IP gets its MAC too, so neighbours' cached entries stay right. With random
+	// MACs a peer that never ARPs for the new pod (a server answering DNATed traffic) keeps
+	// sending to the old MAC until its entry goes stale, some 5–10 s.
+	lines := []string{"link set lo up", fmt.Sprintf("link set %s address %s", podIface, podMAC(pod.IPs[0])), "link set " + podIface + " up"}
 	for fi, f := range families(c.st.Spec) {
 		lines = append(lines,
 			fmt.Sprintf("addr add %s/%d dev %s%s", pod.IPs[fi], n.PodCIDRs[fi].Bits(), podIface, f.addrFlags),
@@ -292,11 +304,13 @@ func (c *Cluster) DeletePod(ctx context.Context, name string) error {
 	if err := c.syncServices(ctx); err != nil {
 		return err
 	}
-	if err := killCgroup(pod.Cgroup); err != nil {
-		return err
-	}
-	if err := removeCgroupTree(pod.Cgroup); err != nil {
-		return err
+	for _, cg := range append([]string{pod.Cgroup}, containerCgroups(pod.Cgroup)...) {
+		if err := killCgroup(cg); err != nil {
+			return err
+		}
+		if err := removeCgroupTree(cg); err != nil {
+			return err
+		}
 	}
 	if netnsExists(pod.Netns) {
 		if err := ipBatch(ctx, "", "netns delete "+pod.Netns); err != nil {
@@ -381,13 +395,36 @@ func (c *Cluster) RunOnNode(ctx context.Context, nodeName string, stdin []byte, 
 }
 
 // Start runs a process inside a pod: in its network namespace and, from the first instruction,
-// in its cgroup (clone3 with CLONE_INTO_CGROUP), so its CPU time is the pod's.
+// in its cgroup (clone3 with CLONE_INTO_CGROUP), so its CPU time is the pod's; with a Container,
+// in that container's cgroup beside the pod's instead.
 func (c *Cluster) Start(ctx context.Context, podName string, cmd clusters.Command) (*clusters.Process, error) {
 	pod, ok := c.Pod(podName)
 	if !ok {
 		return nil, fmt.Errorf("no pod %q in lab %s", podName, c.name)
 	}
-	return c.start(ctx, pod.Netns, pod.Cgroup, podName, cmd)
+	cg := pod.Cgroup
+	if cmd.Container != "" {
+		if !containerName.MatchString(cmd.Container) {
+			return nil, fmt.Errorf("start %s in %s: container name %q is not a DNS label", cmd.Name, podName, cmd.Container)
+		}
+		cg = containerCgroup(pod.Cgroup, cmd.Container)
+		if err := os.MkdirAll(cg, 0o755); err != nil {
+			return nil, fmt.Errorf("start %s in %s: %w", cmd.Name, podName, err)
+		}
+	}
+	return c.start(ctx, pod.Netns, cg, podName, cmd)
+}
+
+var containerName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// containerCgroup is the cgroup of a pod's container: beside the pod's, in the node's cgroup
+// (so `down` removes it with the node), named "pod-<pod>.<container>" (pod names have no dots).
+func containerCgroup(podCgroup, container string) string { return podCgroup + "." + container }
+
+// containerCgroups lists the container cgroups of a pod.
+func containerCgroups(podCgroup string) []string {
+	dirs, _ := filepath.Glob(containerCgroup(podCgroup, "*"))
+	return dirs
 }
 
 // StartOnNode runs a node component (like a DaemonSet pod with hostNetwork) in the node's
@@ -419,7 +456,12 @@ func (c *Cluster) start(ctx context.Context, netnsName, cgroup, owner string, cm
 		return nil, err
 	}
 	defer logf.Close()
-	argv := append(enter(netnsName), cmd.Argv...)
+	argv := enter(netnsName)
+	if cmd.UID != 0 { // nsenter enters the namespace as root, then drops to the uid
+		id := strconv.Itoa(cmd.UID)
+		argv = append(argv[:len(argv)-1], "--setuid", id, "--setgid", id, "--")
+	}
+	argv = append(argv, cmd.Argv...)
 	var ex *exec.Cmd
 	if cmd.Detach {
 		ex = exec.Command(argv[0], argv[1:]...)
@@ -540,6 +582,10 @@ func (c *Cluster) CPUTargets() []cpu.Target {
 	var out []cpu.Target
 	for _, p := range c.Pods() {
 		out = append(out, cpu.Target{Name: p.Name, Component: p.Component, Node: p.Node, Path: p.Cgroup})
+		for _, d := range containerCgroups(p.Cgroup) {
+			container := strings.TrimPrefix(d, p.Cgroup+".")
+			out = append(out, cpu.Target{Name: p.Name + "/" + container, Component: container, Node: p.Node, Path: d})
+		}
 	}
 	for _, n := range c.st.Nodes {
 		dirs, _ := filepath.Glob(daemonCgroup(c.p.CgroupRoot, c.name, n.Name, "*"))

@@ -504,3 +504,106 @@ func TestOnlyServiceTrafficWalksServiceRules(t *testing.T) {
 		t.Errorf("5 connections to the VIP sent %d packets through the service chain, want at least 5", d)
 	}
 }
+
+// TestProcessRunsAsItsUID: a command with a UID runs as that user and group, still in its pod.
+func TestProcessRunsAsItsUID(t *testing.T) {
+	_, c := newLab(t, clusters.Spec{Nodes: 1, Pods: []clusters.PodSpec{pod("a", "n1", nil)}})
+	var out strings.Builder
+	p, err := c.Start(context.Background(), "a", clusters.Command{Name: "id", Argv: []string{"sh", "-c", "id -u; id -g"}, Stdout: &out, UID: 1337})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Fields(out.String()); len(got) != 2 || got[0] != "1337" || got[1] != "1337" {
+		t.Errorf("uid and gid %q, want 1337 1337", out.String())
+	}
+}
+
+// TestContainerHasItsOwnCgroup: a command with a Container runs in the pod's network namespace
+// but in a cgroup of its own beside the pod's, which CPUTargets reports as that component.
+func TestContainerHasItsOwnCgroup(t *testing.T) {
+	_, c := newLab(t, clusters.Spec{Nodes: 1, Pods: []clusters.PodSpec{pod("a", "n1", nil)}})
+	var out strings.Builder
+	p, err := c.Start(context.Background(), "a", clusters.Command{Name: "id", Container: "sidecar",
+		Argv: []string{"sh", "-c", "stat -L -c %i /proc/self/ns/net; cat /proc/self/cgroup"}, Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Fields(out.String())
+	a, _ := c.Pod("a")
+	var podNs syscall.Stat_t
+	if err := syscall.Stat(c.NetnsPath("a"), &podNs); err != nil {
+		t.Fatal(err)
+	}
+	if len(lines) < 2 || lines[0] != strconv.FormatUint(podNs.Ino, 10) {
+		t.Errorf("netns inode %q, want the pod's %d", out.String(), podNs.Ino)
+	}
+	want := a.Cgroup + ".sidecar"
+	if len(lines) < 2 || filepath.Join(c.p.CgroupRoot, strings.TrimPrefix(lines[len(lines)-1], "0::")) != want {
+		t.Errorf("cgroup %q, want %s", out.String(), want)
+	}
+	var found bool
+	for _, tg := range c.CPUTargets() {
+		if tg.Path == want {
+			found = true
+			if tg.Component != "sidecar" || tg.Name != "a/sidecar" || tg.Node != "n1" {
+				t.Errorf("CPU target %+v, want component sidecar, name a/sidecar on n1", tg)
+			}
+		}
+		if tg.Path == a.Cgroup && tg.Component == "sidecar" {
+			t.Errorf("the pod's own cgroup is reported as the sidecar: %+v", tg)
+		}
+	}
+	if !found {
+		t.Errorf("CPUTargets does not list %s: %+v", want, c.CPUTargets())
+	}
+	if _, err := c.Start(context.Background(), "a", clusters.Command{Name: "x", Container: "../x", Argv: []string{"true"}}); err == nil {
+		t.Error("a container name with a path in it was accepted")
+	}
+	if err := c.DeletePod(context.Background(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(want); !os.IsNotExist(err) {
+		t.Errorf("the container cgroup outlived its pod: %v", err)
+	}
+}
+
+// TestReusedPodIPWorksAtOnce: a new pod that gets a deleted pod's IP reaches a service at once,
+// even though the server only ever answered the old pod (DNATed traffic: the server never ARPs
+// for its client, so a stale neighbour entry would black-hole replies for seconds).
+func TestReusedPodIPWorksAtOnce(t *testing.T) {
+	app := map[string]string{"app": "web"}
+	spec := clusters.Spec{Nodes: 1,
+		Pods: []clusters.PodSpec{pod("web-1", "n1", app), pod("old", "n1", nil)},
+		Services: []clusters.ServiceDef{{Name: "web", Selector: app,
+			Ports: []clusters.ServicePort{{Name: "tcp", Port: 80, TargetPort: 7000}}}},
+	}
+	_, c := newLab(t, spec)
+	serve(t, c, "web-1", ":7000", nil)
+	svc, _ := c.Services().Snapshot().Service("default", "web")
+	vip := net.JoinHostPort(svc.ClusterIPs[0].String(), "80")
+	ask(t, c, "old", vip)
+	old, _ := c.Pod("old")
+	if err := c.DeletePod(context.Background(), "old"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.CreatePod(context.Background(), pod("new", "n1", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.IPs[0] != old.IPs[0] {
+		t.Fatalf("new pod got %v, want the deleted pod's %v (the test needs the IP reused)", p.IPs[0], old.IPs[0])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	conn, err := c.Dial(ctx, "new", "tcp", vip)
+	if err != nil {
+		t.Fatalf("new pod with a reused IP cannot reach the service within 1s: %v", err)
+	}
+	conn.Close()
+}

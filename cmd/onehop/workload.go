@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -55,6 +56,21 @@ func workloadCmd() *cobra.Command {
 		},
 	}
 	prober.Flags().StringVar(&probeCfg, "config", "", "probe.Config as JSON")
-	cmd.AddCommand(server, load, prober)
+	var target string
+	var timeout time.Duration
+	first := &cobra.Command{
+		Use:   "first-request",
+		Short: `request the target until the first HTTP 200; prints {"first_success_unix_ns":..., "attempts":...}`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			at, n, err := probe.FirstSuccess(cmd.Context(), target, "/", time.Millisecond, timeout)
+			if err != nil {
+				return err
+			}
+			return json.NewEncoder(os.Stdout).Encode(map[string]int64{"first_success_unix_ns": at.UnixNano(), "attempts": int64(n)})
+		},
+	}
+	first.Flags().StringVar(&target, "target", "", "host:port (a service VIP)")
+	first.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "give up after this long")
+	cmd.AddCommand(server, load, prober, first)
 	return cmd
 }

@@ -192,6 +192,24 @@ func (o *Onehop) stop() error {
 	return errors.Join(errs...)
 }
 
+// AddPod enrolls a new pod of an enrolled namespace with its node's agent.
+func (o *Onehop) AddPod(ctx context.Context, c clusters.Cluster, pod clusters.Pod) error {
+	return o.podEnrollment(ctx, c, pod, true)
+}
+
+// RemovePod unenrolls a pod before it goes.
+func (o *Onehop) RemovePod(ctx context.Context, c clusters.Cluster, pod clusters.Pod) error {
+	return o.podEnrollment(ctx, c, pod, false)
+}
+
+func (o *Onehop) podEnrollment(ctx context.Context, c clusters.Cluster, pod clusters.Pod, on bool) error {
+	h, ok := c.(clusters.NodeHost)
+	if !ok {
+		return fmt.Errorf("onehop: the %s provider does not run its own nodes", c.Provider())
+	}
+	return Enroll(ctx, AgentSocket(h, pod.Node), h.NetnsPath(pod.Name), on)
+}
+
 // Enroll asks a node's agent to serve (or stop serving) the pod whose network namespace is netns.
 func Enroll(ctx context.Context, sock, netns string, on bool) error {
 	body, _ := json.Marshal(agent.EnrollRequest{Netns: netns})

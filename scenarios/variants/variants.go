@@ -34,6 +34,14 @@ type Restarter interface {
 	Restart(ctx context.Context, c clusters.Cluster, node string, sig syscall.Signal) (RestartEvent, error)
 }
 
+// Onboarder is a variant that acts when a pod joins or leaves one of its namespaces: injects a
+// sidecar, enrolls the pod in the agent, captures its traffic. Install does this for the pods
+// that exist then; the start-up scenario adds pods later.
+type Onboarder interface {
+	AddPod(ctx context.Context, c clusters.Cluster, pod clusters.Pod) error
+	RemovePod(ctx context.Context, c clusters.Cluster, pod clusters.Pod) error
+}
+
 // RestartEvent is one restart as the scenario records it.
 type RestartEvent = bench.RestartEvent
 
