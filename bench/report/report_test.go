@@ -227,8 +227,39 @@ func TestIndex(t *testing.T) {
 	}
 	want := "# Benchmark reports\n\n" +
 		"- [alpha](alpha.md) — 2025-03-01 10:00 UTC, revision abc123 (dirty), 35/36 runs valid\n" +
-		"- [latency-basic](latency-basic.md) — 2025-03-02 10:00 UTC, revision def456, 35/36 runs valid\n"
+		"- [latency-basic](latency-basic.md) — 2025-03-02 10:00 UTC, revision def456, 35/36 runs valid\n" +
+		"\n[Claims scorecard](claims.md): the published Kmesh claims against these results.\n"
 	if string(b) != want {
 		t.Errorf("README.md =\n%s\nwant\n%s", b, want)
+	}
+}
+
+// TestScorecard: every claim gets a row; a claim whose scenario ran gets its ratio and verdict
+// from the data, the others say which scenario to run.
+func TestScorecard(t *testing.T) {
+	r := testResult() // onehop p50 is 1.3x baseline at every point
+	r.Scenario.Name = scLatency
+	dir := t.TempDir()
+	if err := Scorecard([]*bench.Result{r}, dir); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "claims.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := string(b)
+	for _, c := range claims {
+		if !strings.Contains(md, "| "+c.id+" |") {
+			t.Errorf("no row for %s", c.id)
+		}
+	}
+	for _, want := range []string{
+		"onehop/baseline p50 1.30–", "| not reproduced |", // C2 from the data (1.3x or more)
+		"not measured: run `bin/onehop run scenarios/" + scWaypoint + ".yaml`", // C4
+		"not reproducible here", // C11
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("claims.md lacks %q:\n%s", want, md)
+		}
 	}
 }
