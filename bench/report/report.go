@@ -331,15 +331,24 @@ func writeSection(b *strings.Builder, s *section, title, base string) {
 		}))
 	}
 
-	fmt.Fprintf(b, "CPU-milliseconds per 1000 requests (median over valid repetitions):\n\n")
-	head = []string{"variant", "connections", "host busy", "host softirq"}
+	fmt.Fprintf(b, "CPU-milliseconds per 1000 requests (median over valid repetitions); mesh overhead is the "+
+		"variant's host busy time minus the baseline's at the same point:\n\n")
+	head = []string{"variant", "connections", "host busy", "mesh overhead", "host softirq"}
 	for _, c := range s.components {
 		head = append(head, c)
+	}
+	overhead := func(v string, c int) string {
+		st, m1 := s.lookup(cell{v, c}, mBusy)
+		bl, m2 := s.lookup(cell{baseline, c}, mBusy)
+		if v == baseline || m1 != "" || m2 != "" {
+			return "–"
+		}
+		return num(st.med - bl.med)
 	}
 	var rows [][]string
 	for _, v := range s.variants {
 		for _, c := range s.conns {
-			row := []string{v, fmt.Sprint(c), s.show(cell{v, c}, mBusy, median), s.show(cell{v, c}, mSoftirq, median)}
+			row := []string{v, fmt.Sprint(c), s.show(cell{v, c}, mBusy, median), overhead(v, c), s.show(cell{v, c}, mSoftirq, median)}
 			for _, comp := range s.components {
 				row = append(row, s.show(cell{v, c}, compPrefix+comp, median))
 			}

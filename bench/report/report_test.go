@@ -155,11 +155,15 @@ func TestRenderTables(t *testing.T) {
 	}
 
 	// CPU columns are the union of components; baseline has no proxy.
-	if !strings.Contains(md, "| variant | connections | host busy | host softirq | client | proxy | server |") {
+	if !strings.Contains(md, "| variant | connections | host busy | mesh overhead | host softirq | client | proxy | server |") {
 		t.Error("CPU header lacks the union of components")
 	}
-	if got, want := row(t, md, "baseline", "## cross-node, keep-alive", "CPU-milliseconds"), []string{"1", "55.0", "5.50", "22.0", "–", "11.0"}; !slices.Equal(got, want) {
+	if got, want := row(t, md, "baseline", "## cross-node, keep-alive", "CPU-milliseconds"), []string{"1", "55.0", "–", "5.50", "22.0", "–", "11.0"}; !slices.Equal(got, want) {
 		t.Errorf("CPU row = %q, want %q", got, want)
+	}
+	// The mesh overhead is the variant's host busy minus the baseline's at the same point.
+	if got := row(t, md, "onehop", "## cross-node, keep-alive", "CPU-milliseconds"); len(got) < 3 || got[2] == "–" {
+		t.Errorf("onehop CPU row %q has no mesh overhead", got)
 	}
 
 	for _, bad := range []string{"98761", "98765", "98766", "98767", "98768", "170"} {
