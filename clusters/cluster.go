@@ -41,6 +41,7 @@ type Cluster interface {
 	CreatePod(ctx context.Context, p PodSpec) (Pod, error)
 	DeletePod(ctx context.Context, name string) error
 	UpsertService(ctx context.Context, s ServiceDef) (services.Service, error)
+	DeleteService(ctx context.Context, namespace, name string) error
 	// Start runs a process inside a pod (network namespace and cgroup).
 	Start(ctx context.Context, pod string, cmd Command) (*Process, error)
 	// Dial opens a TCP or UDP socket from inside a pod's network namespace.

@@ -340,6 +340,15 @@ func (c *Cluster) UpsertService(ctx context.Context, sd clusters.ServiceDef) (se
 	return svc, c.save()
 }
 
+// DeleteService removes a service and its rules on every node.
+func (c *Cluster) DeleteService(ctx context.Context, namespace, name string) error {
+	c.st.Store.DeleteService(namespace, name)
+	if err := c.syncServices(ctx); err != nil {
+		return err
+	}
+	return c.save()
+}
+
 // storeService checks a service and puts it in the store, programming nothing.
 func (c *Cluster) storeService(sd clusters.ServiceDef) (services.Service, error) {
 	spec, err := c.checked(clusters.Spec{Services: []clusters.ServiceDef{sd}})

@@ -43,9 +43,13 @@ type Onehop struct {
 	cpDone chan error
 	agents map[string]*clusters.Process
 	argv   map[string][]string // each node's agent command line, to restart it
+	users  int                 // installed variants sharing these agents (onehop, onehop-waypoint)
 }
 
-func init() { Register(&Onehop{}) }
+// onehopAgents is the one onehop deployment that onehop and onehop-waypoint share.
+var onehopAgents = &Onehop{}
+
+func init() { Register(onehopAgents) }
 
 func (*Onehop) Name() string { return "onehop" }
 func (*Onehop) Describe() string {
@@ -89,9 +93,18 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.users > 0 { // another variant started the agents: one agent per node serves both
+		if err := o.enrollPods(ctx, c, h, true); err != nil {
+			return err
+		}
+		o.users++
+		return nil
+	}
 	defer func() {
 		if err != nil {
 			o.stop()
+		} else {
+			o.users++
 		}
 	}()
 	cpAddr, err := o.startControlPlane(c, h)
@@ -145,11 +158,11 @@ func (o *Onehop) stopControlPlane() {
 	}
 }
 
-// enrollPods enrolls (or unenrolls) every pod of the namespaces labelled for this variant.
+// enrollPods enrolls (or unenrolls) every pod of the namespaces labelled for onehop.
 func (o *Onehop) enrollPods(ctx context.Context, c clusters.Cluster, h clusters.NodeHost, on bool) error {
 	labelled := map[string]bool{}
 	for _, ns := range c.Spec().Namespaces {
-		if ns.Labels[DataplaneModeLabel] == o.Name() {
+		if ns.Labels[DataplaneModeLabel] == "onehop" {
 			labelled[ns.Name] = true
 		}
 	}
@@ -168,6 +181,10 @@ func (o *Onehop) enrollPods(ctx context.Context, c clusters.Cluster, h clusters.
 func (o *Onehop) Uninstall(ctx context.Context, c clusters.Cluster) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.users--; o.users > 0 {
+		return nil // still serving another variant
+	}
+	o.users = 0
 	err := o.stop()
 	if h, ok := c.(clusters.NodeHost); ok {
 		for node, argv := range o.argv {
