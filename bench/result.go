@@ -24,6 +24,9 @@ type Result struct {
 	Scenario      ScenarioInfo        `json:"scenario"`
 	Environment   sysinfo.Environment `json:"environment"`
 	Cluster       ClusterInfo         `json:"cluster"`
+	// Variants describes each variant that ran: what carries the traffic (proxy and version,
+	// or none) and whether it is encrypted.
+	Variants map[string]string `json:"variants,omitempty"`
 	StartedAt     time.Time           `json:"started_at"`
 	EndedAt       time.Time           `json:"ended_at"`
 	Runs          []Run               `json:"runs"`

@@ -151,8 +151,10 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 	}()
 	res.Cluster = bench.ClusterInfo{Provider: c.Provider(), Name: lab, Nodes: spec.Nodes, IPFamilies: spec.IPFamilies}
 
+	res.Variants = map[string]string{}
 	for _, name := range s.Variants {
 		v, _ := variants.Get(name)
+		res.Variants[name] = v.Describe()
 		if err := v.Install(ctx, c); err != nil {
 			return nil, "", fmt.Errorf("install variant %s: %w", name, err)
 		}

@@ -171,20 +171,32 @@ func points(r *bench.Result, a, b, metric string, keepAlive bool, f func(where s
 	}
 }
 
+// extent collects values measured at points, keeping the smallest, the largest and where.
+type extent struct {
+	lo, hi float64
+	where  []string
+	ok     bool
+}
+
+func (e *extent) add(where string, x float64) {
+	if !e.ok || x < e.lo {
+		e.lo = x
+	}
+	if !e.ok || x > e.hi {
+		e.hi = x
+	}
+	e.ok = true
+	e.where = append(e.where, where)
+}
+
+func (e *extent) result() (lo, hi float64, where string, ok bool) {
+	return e.lo, e.hi, span(e.where), e.ok
+}
+
 func ratioRange(r *bench.Result, a, b, metric string, keepAlive bool) (lo, hi float64, where string, ok bool) {
-	var ws []string
-	points(r, a, b, metric, keepAlive, func(w string, va, vb float64) {
-		x := va / vb
-		if !ok || x < lo {
-			lo = x
-		}
-		if !ok || x > hi {
-			hi = x
-		}
-		ok = true
-		ws = append(ws, w)
-	})
-	return lo, hi, span(ws), ok
+	var e extent
+	points(r, a, b, metric, keepAlive, func(w string, va, vb float64) { e.add(w, va/vb) })
+	return e.result()
 }
 
 // compare gives a-vs-b ratios of total latency and of latency added over baseline.
@@ -204,23 +216,13 @@ func compare(r *bench.Result, a, b, metric string, keepAlive bool) (added, total
 func addedRatioRange(r *bench.Result, a, b, metric string) (lo, hi float64, where string, ok bool) {
 	base := map[string]float64{}
 	points(r, baseline, baseline, metric, true, func(w string, v, _ float64) { base[w] = v })
-	var ws []string
+	var e extent
 	points(r, a, b, metric, true, func(w string, va, vb float64) {
-		bl, has := base[w]
-		if !has || vb-bl <= 0 {
-			return
+		if bl, has := base[w]; has && vb-bl > 0 {
+			e.add(w, (va-bl)/(vb-bl))
 		}
-		x := (va - bl) / (vb - bl)
-		if !ok || x < lo {
-			lo = x
-		}
-		if !ok || x > hi {
-			hi = x
-		}
-		ok = true
-		ws = append(ws, w)
 	})
-	return lo, hi, span(ws), ok
+	return e.result()
 }
 
 func addedMax(r *bench.Result, a, b, metric string) float64 {
@@ -233,19 +235,9 @@ func addedMax(r *bench.Result, a, b, metric string) float64 {
 
 // addedRange: variant minus baseline, per point.
 func addedRange(r *bench.Result, v, metric string) (lo, hi float64, where string, ok bool) {
-	var ws []string
-	points(r, v, baseline, metric, true, func(w string, va, vb float64) {
-		x := va - vb
-		if !ok || x < lo {
-			lo = x
-		}
-		if !ok || x > hi {
-			hi = x
-		}
-		ok = true
-		ws = append(ws, w)
-	})
-	return lo, hi, span(ws), ok
+	var e extent
+	points(r, v, baseline, metric, true, func(w string, va, vb float64) { e.add(w, va-vb) })
+	return e.result()
 }
 
 // overheadRatio is the median over points of (a − baseline) / (b − baseline) host CPU.

@@ -257,8 +257,16 @@ func writeHeader(b *strings.Builder, r *bench.Result, variants []string) {
 	writeEnvironment(b, r)
 }
 
-// writeEnvironment writes the machine, versions and lab a result came from.
+// writeEnvironment writes the variants, machine, versions and lab a result came from.
 func writeEnvironment(b *strings.Builder, r *bench.Result) {
+	if len(r.Variants) > 0 {
+		b.WriteString("## Variants\n\n")
+		var rows [][]string
+		for _, v := range slices.Sorted(maps.Keys(r.Variants)) {
+			rows = append(rows, []string{v, r.Variants[v]})
+		}
+		writeTable(b, []string{"variant", "data plane (proxy and version, encryption)"}, rows)
+	}
 	e, c := r.Environment, r.Cluster
 	rows := [][]string{
 		{"Host", e.Hostname},

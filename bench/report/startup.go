@@ -13,13 +13,9 @@ import (
 // renderStartup writes the report of a start-up result: per variant, the time from a new pod's
 // creation to its first successful request, and how it splits.
 func renderStartup(r *bench.Result, name, outDir string) ([]string, error) {
-	if err := os.MkdirAll(outDir, 0o755); err != nil {
-		return nil, err
-	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "# %s\n\n", r.Scenario.Name)
-	if r.Scenario.Description != "" {
-		fmt.Fprintf(&b, "%s\n\n", r.Scenario.Description)
+	if err := writeTitle(&b, r, outDir); err != nil {
+		return nil, err
 	}
 	b.WriteString("## What was measured\n\nFor each variant in turn (order rotating), a new pod is created in the variant's " +
 		"namespace, onboarded by the variant (a sidecar injected, the pod enrolled with the agent, its traffic captured), and " +

@@ -19,13 +19,9 @@ import (
 // renderSurvival writes the report of a restart-mid-traffic result: a survival table, and per
 // variant a timeline of requests and latency with the restarts marked.
 func renderSurvival(r *bench.Result, name, outDir string) ([]string, error) {
-	if err := os.MkdirAll(outDir, 0o755); err != nil {
-		return nil, err
-	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "# %s\n\n", r.Scenario.Name)
-	if r.Scenario.Description != "" {
-		fmt.Fprintf(&b, "%s\n\n", r.Scenario.Description)
+	if err := writeTitle(&b, r, outDir); err != nil {
+		return nil, err
 	}
 	first := r.Survival[0]
 	b.WriteString("## What was measured\n\n")
@@ -128,6 +124,15 @@ func p99Cell(sv bench.Survival) string {
 	slices.Sort(during)
 	slices.Sort(other)
 	return fmt.Sprintf("%s / %s and %s", num(bench.Median(other)), num(bench.Median(during)), num(during[len(during)-1]))
+}
+
+// writeTitle makes outDir and starts a report with the scenario's name and description.
+func writeTitle(b *strings.Builder, r *bench.Result, outDir string) error {
+	fmt.Fprintf(b, "# %s\n\n", r.Scenario.Name)
+	if r.Scenario.Description != "" {
+		fmt.Fprintf(b, "%s\n\n", r.Scenario.Description)
+	}
+	return os.MkdirAll(outDir, 0o755)
 }
 
 func viaCell(sv bench.Survival) string {

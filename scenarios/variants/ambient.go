@@ -76,8 +76,7 @@ type Ambient struct {
 	waypoints map[string]*Waypoint // by service key
 	ca        *pki.CA
 	createdCA bool
-	cancel    context.CancelFunc
-	done      chan struct{}
+	follower  *follower // re-syncs after store changes
 }
 
 // nodeProxy is one node's ztunnel.
@@ -179,27 +178,12 @@ func (a *Ambient) Install(ctx context.Context, c clusters.Cluster) (err error) {
 	if err := a.sync(ctx, c, h, true); err != nil {
 		return fmt.Errorf("%s: %w", a.Name(), err)
 	}
-	wctx, cancel := context.WithCancel(context.Background())
-	a.cancel, a.done = cancel, make(chan struct{})
-	go a.follow(wctx, c, h, changes, a.done)
-	return nil
-}
-
-func (a *Ambient) follow(ctx context.Context, c clusters.Cluster, h clusters.NodeHost, changes <-chan struct{}, done chan struct{}) {
-	defer close(done)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-changes:
-		}
+	a.follower = follow(changes, a.Name()+" node proxies", func(ctx context.Context) error {
 		a.mu.Lock()
-		err := a.sync(ctx, c, h, false)
-		a.mu.Unlock()
-		if err != nil && ctx.Err() == nil {
-			slog.Warn("ambient node proxies did not follow a service store change", "variant", a.Name(), "err", err)
-		}
-	}
+		defer a.mu.Unlock()
+		return a.sync(ctx, c, h, false)
+	})
+	return nil
 }
 
 func (a *Ambient) dir() string                { return filepath.Join(a.rt, a.Name()) }
@@ -671,31 +655,12 @@ func captureRules() string {
 	}, "\n")
 }
 
-// ambientRestore feeds rules to iptables-restore --noflush in a pod.
-func ambientRestore(ctx context.Context, c clusters.Cluster, pod, rules string) error {
-	_, err := ambientRun(ctx, c, pod, "iptables-restore", "sh", "-c", `printf '%s' "$1" | iptables-restore -w --noflush`, "sh", rules)
-	return err
-}
-
-// ambientRun runs a command in a pod, waits for it and returns its output (stdout and stderr).
-func ambientRun(ctx context.Context, c clusters.Cluster, pod, name string, argv ...string) ([]byte, error) {
-	var out bytes.Buffer
-	p, err := c.Start(ctx, pod, clusters.Command{Name: name, Argv: append([]string{"sh", "-c", `exec "$@" 2>&1`, "sh"}, argv...), Stdout: &out})
-	if err != nil {
-		return nil, err
-	}
-	if err := p.Wait(); err != nil {
-		return out.Bytes(), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(out.String()))
-	}
-	return out.Bytes(), nil
-}
-
 // capture installs the capture rules in a pod (replacing any left by an earlier install).
 func (a *Ambient) capture(ctx context.Context, c clusters.Cluster, pod string) error {
 	if err := a.uncapture(ctx, c, pod); err != nil {
 		return err
 	}
-	if err := ambientRestore(ctx, c, pod, captureRules()); err != nil {
+	if err := podRestore(ctx, c, pod, captureRules()); err != nil {
 		return fmt.Errorf("%s: pod %s: install the capture rules: %w", a.Name(), pod, err)
 	}
 	return nil
@@ -703,29 +668,7 @@ func (a *Ambient) capture(ctx context.Context, c clusters.Cluster, pod string) e
 
 // uncapture deletes exactly the jump and chain capture added to a pod, if any.
 func (a *Ambient) uncapture(ctx context.Context, c clusters.Cluster, pod string) error {
-	saved, err := ambientRun(ctx, c, pod, "iptables-save", "iptables-save", "-t", "nat")
-	if err != nil {
-		return fmt.Errorf("%s: pod %s: read its nat table: %w", a.Name(), pod, err)
-	}
-	var jump, chain bool
-	for _, line := range strings.Split(string(saved), "\n") {
-		jump = jump || line == ambientJump
-		chain = chain || strings.HasPrefix(line, ":"+chainAmbientOutput+" ")
-	}
-	var lines []string
-	if chain {
-		lines = append(lines, ":"+chainAmbientOutput+" - [0:0]") // flushes it
-	}
-	if jump {
-		lines = append(lines, "-D"+strings.TrimPrefix(ambientJump, "-A"))
-	}
-	if chain {
-		lines = append(lines, "-X "+chainAmbientOutput)
-	}
-	if len(lines) == 0 {
-		return nil
-	}
-	if err := ambientRestore(ctx, c, pod, "*nat\n"+strings.Join(lines, "\n")+"\nCOMMIT\n"); err != nil {
+	if err := podUnhook(ctx, c, pod, []string{chainAmbientOutput}, []string{ambientJump}); err != nil {
 		return fmt.Errorf("%s: pod %s: remove the capture rules: %w", a.Name(), pod, err)
 	}
 	return nil
@@ -842,13 +785,10 @@ func tcpSessions(h *HAProxy, proxy string) (int, error) {
 // it and nothing else uses it).
 func (a *Ambient) Uninstall(ctx context.Context, c clusters.Cluster) error {
 	a.mu.Lock()
-	cancel, done := a.cancel, a.done
-	a.cancel, a.done = nil, nil
+	f := a.follower
+	a.follower = nil
 	a.mu.Unlock()
-	if cancel != nil {
-		cancel()
-		<-done
-	}
+	f.stop()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.teardown(ctx, c)

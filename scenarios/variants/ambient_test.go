@@ -3,7 +3,6 @@ package variants
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -23,7 +22,6 @@ import (
 	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/clusters/netns"
 	"github.com/onehop-mesh/onehop/clusters/pki"
-	"github.com/onehop-mesh/onehop/internal/testbin"
 )
 
 // ambientLab brings up a two-node lab with a namespace "mesh" labelled for v (client mesh-client
@@ -34,20 +32,10 @@ import (
 // lab removed when the test ends, whatever happens.
 func ambientLab(t *testing.T, v *Ambient, pods bool) (*netns.Cluster, error) {
 	t.Helper()
-	testbin.RequireRoot(t)
 	if _, err := HAProxyVersion(); err != nil {
 		t.Skip(err)
 	}
-	bin := testbin.Onehop(t)
-	p, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Binary = bin
-	b := make([]byte, 4)
-	rand.Read(b)
-	name := fmt.Sprintf("ta%x", b)
-	t.Cleanup(func() { p.Down(context.Background(), name) })
+	_, p, name := testProvider(t, "ta")
 	spec := clusters.Spec{Name: name, Namespaces: []clusters.Namespace{{Name: "mesh", Labels: v.Labels()}, {Name: "plain"}}}
 	server := func(pod, ns, node, app string) clusters.PodSpec {
 		return clusters.PodSpec{Name: pod, Namespace: ns, Node: node, Labels: map[string]string{"app": app}, Component: "server",
@@ -66,18 +54,7 @@ func ambientLab(t *testing.T, v *Ambient, pods bool) (*netns.Cluster, error) {
 		}
 		spec.Services = []clusters.ServiceDef{svc("same", "mesh", "web-same"), svc("cross", "mesh", "web-cross"), svc("web", "plain", "plain-web")}
 	}
-	c, err := p.Up(context.Background(), spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	err = v.Install(context.Background(), c)
-	t.Cleanup(func() {
-		if err := v.Uninstall(context.Background(), c); err != nil {
-			t.Errorf("uninstall: %v", err)
-		}
-	})
-	return c.(*netns.Cluster), err
+	return upAndInstall(t, p, spec, v)
 }
 
 func mustAmbientLab(t *testing.T, v *Ambient) *netns.Cluster {
@@ -244,7 +221,7 @@ func TestAmbient(t *testing.T) {
 		if status, err := ambientHTTP(conn, bufio.NewReader(conn)); err != nil || status != 200 {
 			t.Fatalf("status %d, %v", status, err)
 		}
-		out, err := ambientRun(ctx, c, "mesh-client", "ss", "ss", "-Htnp")
+		out, err := podRun(ctx, c, "mesh-client", "ss", "ss", "-Htnp")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -474,7 +451,7 @@ func TestAmbient(t *testing.T) {
 			t.Errorf("HAProxy still runs in the lab: pids %v", pids)
 		}
 		for _, p := range c.Pods() {
-			out, err := ambientRun(ctx, c, p.Name, "iptables-save", "iptables-save", "-t", "nat")
+			out, err := podRun(ctx, c, p.Name, "iptables-save", "iptables-save", "-t", "nat")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -2,8 +2,6 @@ package variants
 
 import (
 	"context"
-	"crypto/rand"
-	"fmt"
 	"io"
 	"io/fs"
 	"path/filepath"
@@ -16,7 +14,6 @@ import (
 	"github.com/onehop-mesh/onehop/clusters/netns"
 	"github.com/onehop-mesh/onehop/dataplane/agent"
 	"github.com/onehop-mesh/onehop/dataplane/datapath"
-	"github.com/onehop-mesh/onehop/internal/testbin"
 )
 
 // onehopLab brings up a lab with an enrolled namespace (onehop) and a plain one (plain), each
@@ -24,17 +21,7 @@ import (
 // onehop variant and tears everything down at the end.
 func onehopLab(t *testing.T) (*netns.Cluster, *Onehop) {
 	t.Helper()
-	testbin.RequireRoot(t)
-	bin := testbin.Onehop(t)
-	p, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Binary = bin
-	b := make([]byte, 4)
-	rand.Read(b)
-	name := fmt.Sprintf("tv%x", b)
-	t.Cleanup(func() { p.Down(context.Background(), name) })
+	bin, p, name := testProvider(t, "tv")
 	web := map[string]string{"app": "web"}
 	spec := clusters.Spec{Name: name, Namespaces: []clusters.Namespace{
 		{Name: "onehop", Labels: map[string]string{DataplaneModeLabel: "onehop"}}, {Name: "plain"}}}

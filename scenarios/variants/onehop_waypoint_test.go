@@ -2,31 +2,18 @@ package variants
 
 import (
 	"context"
-	"crypto/rand"
-	"fmt"
 	"testing"
 
 	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/clusters/netns"
-	"github.com/onehop-mesh/onehop/internal/testbin"
 )
 
 // TestOnehopWaypointSteersToTheWaypoint: with onehop-waypoint, a client's connection to the
 // service VIP is sent by the agent straight to the waypoint (no kube-proxy rule involved), and
 // the waypoint's request counter grows with every request. Uninstall restores the service.
 func TestOnehopWaypointSteersToTheWaypoint(t *testing.T) {
-	testbin.RequireRoot(t)
-	bin := testbin.Onehop(t)
+	bin, p, name := testProvider(t, "tw")
 	t.Setenv("ONEHOP_AGENT_BIN", bin+"-agent")
-	p, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Binary = bin
-	b := make([]byte, 4)
-	rand.Read(b)
-	name := fmt.Sprintf("tw%x", b)
-	t.Cleanup(func() { p.Down(context.Background(), name) })
 	v := &OnehopWaypoint{base: &Onehop{AgentBinary: bin + "-agent"}}
 	web := map[string]string{"app": "web"}
 	spec := clusters.Spec{Name: name, Namespaces: []clusters.Namespace{{Name: "wp", Labels: v.Labels()}},

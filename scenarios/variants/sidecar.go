@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -62,9 +61,8 @@ type Sidecar struct {
 	sidecars  map[string]*sidecar // by pod name; nil: not installed
 	leaving   map[string]bool     // pods handed to RemovePod that are still in the store
 	ca        *pki.CA
-	createdCA bool // this install created the lab CA, so uninstall may remove it
-	cancel    context.CancelFunc
-	done      chan struct{} // closed when the store watcher has stopped
+	createdCA bool      // this install created the lab CA, so uninstall may remove it
+	follower  *follower // re-syncs after store changes
 }
 
 // sidecar is one pod's proxy.
@@ -159,9 +157,11 @@ func (s *Sidecar) Install(ctx context.Context, c clusters.Cluster) (err error) {
 	if err := s.sync(ctx, c, true); err != nil {
 		return fmt.Errorf("%s: %w", s.Name(), err)
 	}
-	wctx, cancel := context.WithCancel(context.Background())
-	s.cancel, s.done = cancel, make(chan struct{})
-	go s.follow(wctx, c, changes, s.done)
+	s.follower = follow(changes, s.Name()+" sidecars", func(ctx context.Context) error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.sync(ctx, c, false)
+	})
 	return nil
 }
 
@@ -181,24 +181,6 @@ func (s *Sidecar) loadCA() error {
 		return fmt.Errorf("%s: lab CA: %w", s.Name(), err)
 	}
 	return nil
-}
-
-// follow re-syncs the sidecars after every change of the service store.
-func (s *Sidecar) follow(ctx context.Context, c clusters.Cluster, changes <-chan struct{}, done chan struct{}) {
-	defer close(done)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-changes:
-		}
-		s.mu.Lock()
-		err := s.sync(ctx, c, false)
-		s.mu.Unlock()
-		if err != nil && ctx.Err() == nil {
-			slog.Warn("sidecars did not follow a service store change", "variant", s.Name(), "err", err)
-		}
-	}
 }
 
 // sync makes the sidecars match the lab: pods that are gone lose theirs, new pods (and pods
@@ -493,85 +475,31 @@ func interceptionRules() []byte {
 // intercept installs the interception rules in the pod's network namespace (replacing any left
 // by an earlier install).
 func (s *Sidecar) intercept(ctx context.Context, c clusters.Cluster, sc *sidecar) error {
-	if err := removeInterception(ctx, c, sc.pod.Name, sc.dir); err != nil {
+	if err := removeInterception(ctx, c, sc.pod.Name); err != nil {
 		return err
 	}
-	path := filepath.Join(sc.dir, "intercept.rules")
-	if err := os.WriteFile(path, interceptionRules(), 0o644); err != nil {
-		return err
-	}
-	if _, err := podRun(ctx, c, sc.pod.Name, "iptables-restore", "iptables-restore", "-w", "--noflush", path); err != nil {
+	if err := podRestore(ctx, c, sc.pod.Name, string(interceptionRules())); err != nil {
 		return fmt.Errorf("sidecar of pod %s: install the interception rules: %w", sc.pod.Name, err)
 	}
 	return nil
 }
 
 // removeInterception deletes exactly the jumps and chains intercept added to a pod, if any.
-func removeInterception(ctx context.Context, c clusters.Cluster, pod, dir string) error {
-	saved, err := podRun(ctx, c, pod, "iptables-save", "iptables-save", "-t", "nat")
-	if err != nil {
-		return fmt.Errorf("sidecar of pod %s: read its nat table: %w", pod, err)
-	}
-	var del, flush, drop []string
-	ours := map[string]bool{}
-	for _, ch := range sidecarChains {
-		ours[ch] = true
-	}
-	for _, line := range strings.Split(string(saved), "\n") {
-		for _, j := range sidecarJumps {
-			if line == j {
-				del = append(del, "-D"+strings.TrimPrefix(line, "-A"))
-			}
-		}
-		if name, ok := strings.CutPrefix(line, ":"); ok {
-			if name = strings.Fields(name)[0]; ours[name] {
-				flush = append(flush, ":"+name+" - [0:0]")
-				drop = append(drop, "-X "+name)
-			}
-		}
-	}
-	if len(del)+len(drop) == 0 {
-		return nil
-	}
-	rules := "*nat\n" + strings.Join(append(append(flush, del...), drop...), "\n") + "\nCOMMIT\n"
-	path := filepath.Join(dir, "unintercept.rules")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	defer os.Remove(path)
-	if err := os.WriteFile(path, []byte(rules), 0o644); err != nil {
-		return err
-	}
-	if _, err := podRun(ctx, c, pod, "iptables-restore", "iptables-restore", "-w", "--noflush", path); err != nil {
+func removeInterception(ctx context.Context, c clusters.Cluster, pod string) error {
+	if err := podUnhook(ctx, c, pod, sidecarChains, sidecarJumps); err != nil {
 		return fmt.Errorf("sidecar of pod %s: remove the interception rules: %w", pod, err)
 	}
 	return nil
-}
-
-// podRun runs a command in a pod, waits for it and returns its output (stdout and stderr).
-func podRun(ctx context.Context, c clusters.Cluster, pod, name string, argv ...string) ([]byte, error) {
-	var out bytes.Buffer
-	p, err := c.Start(ctx, pod, clusters.Command{Name: name, Argv: append([]string{"sh", "-c", `exec "$@" 2>&1`, "sh"}, argv...), Stdout: &out})
-	if err != nil {
-		return nil, err
-	}
-	if err := p.Wait(); err != nil {
-		return out.Bytes(), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(out.String()))
-	}
-	return out.Bytes(), nil
 }
 
 // Uninstall stops every sidecar, removes the interception rules from the pods and the files the
 // install wrote (configs, certificates, and the lab CA if it created it and nobody else uses it).
 func (s *Sidecar) Uninstall(ctx context.Context, c clusters.Cluster) error {
 	s.mu.Lock()
-	cancel, done := s.cancel, s.done
-	s.cancel, s.done = nil, nil
+	f := s.follower
+	s.follower = nil
 	s.mu.Unlock()
-	if cancel != nil {
-		cancel()
-		<-done
-	}
+	f.stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.teardown(ctx, c)
@@ -603,7 +531,7 @@ func (s *Sidecar) teardown(ctx context.Context, c clusters.Cluster) error {
 	for _, name := range names {
 		// Rules first: traffic goes straight to its destination again, not to a stopped proxy.
 		if _, ok := c.Pod(name); ok {
-			if err := removeInterception(ctx, c, name, s.configDir(name)); err != nil {
+			if err := removeInterception(ctx, c, name); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -668,7 +596,7 @@ func (s *Sidecar) RemovePod(ctx context.Context, c clusters.Cluster, pod cluster
 	}
 	s.leaving[pod.Name] = true // until it leaves the store: the watcher must not inject it again
 	delete(s.sidecars, pod.Name)
-	err := removeInterception(ctx, c, pod.Name, sc.dir)
+	err := removeInterception(ctx, c, pod.Name)
 	if serr := sc.proxy.Stop(syscall.SIGTERM, drainTime); serr != nil {
 		err = errors.Join(err, serr)
 	}

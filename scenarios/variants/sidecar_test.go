@@ -3,7 +3,6 @@ package variants
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -20,7 +19,6 @@ import (
 	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/clusters/netns"
 	"github.com/onehop-mesh/onehop/clusters/pki"
-	"github.com/onehop-mesh/onehop/internal/testbin"
 )
 
 // sidecarLab brings up a lab with a namespace "mesh" labelled for v (a client on n1; server
@@ -29,20 +27,10 @@ import (
 // error; the variant is uninstalled (checked) and the lab removed when the test ends.
 func sidecarLab(t *testing.T, v *Sidecar) (*netns.Cluster, error) {
 	t.Helper()
-	testbin.RequireRoot(t)
 	if _, err := HAProxyVersion(); err != nil {
 		t.Skip(err)
 	}
-	bin := testbin.Onehop(t)
-	p, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Binary = bin
-	b := make([]byte, 4)
-	rand.Read(b)
-	name := fmt.Sprintf("ts%x", b)
-	t.Cleanup(func() { p.Down(context.Background(), name) })
+	_, p, name := testProvider(t, "ts")
 	spec := clusters.Spec{Name: name, Namespaces: []clusters.Namespace{{Name: "mesh", Labels: v.Labels()}, {Name: "plain"}}}
 	server := func(pod, node, app string) clusters.PodSpec {
 		return clusters.PodSpec{Name: pod, Namespace: "mesh", Node: node, Labels: map[string]string{"app": app}, Component: "server",
@@ -57,18 +45,7 @@ func sidecarLab(t *testing.T, v *Sidecar) (*netns.Cluster, error) {
 		spec.Services = append(spec.Services, clusters.ServiceDef{Name: svc, Namespace: "mesh", Selector: map[string]string{"app": "web-" + svc},
 			Ports: []clusters.ServicePort{{Name: "http", Port: 80, TargetPort: 8080}}})
 	}
-	c, err := p.Up(context.Background(), spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	err = v.Install(context.Background(), c)
-	t.Cleanup(func() {
-		if err := v.Uninstall(context.Background(), c); err != nil {
-			t.Errorf("uninstall: %v", err)
-		}
-	})
-	return c.(*netns.Cluster), err
+	return upAndInstall(t, p, spec, v)
 }
 
 func mustSidecarLab(t *testing.T, v *Sidecar) *netns.Cluster {

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -54,10 +53,9 @@ type Waypoint struct {
 	// editConfig, when set, edits the rendered config before it is checked (tests).
 	editConfig func(cfg []byte) []byte
 
-	mu     sync.Mutex // guards ports and the proxy's config against concurrent syncs
-	ports  []uint16   // the service ports the waypoint listens on
-	cancel context.CancelFunc
-	done   chan struct{}
+	mu       sync.Mutex // guards ports and the proxy's config against concurrent syncs
+	ports    []uint16   // the service ports the waypoint listens on
+	follower *follower  // re-syncs after store changes
 }
 
 // upstreamServer is where a waypoint (or a node proxy) sends one endpoint's connections.
@@ -150,9 +148,7 @@ func deployWaypoint(ctx context.Context, c clusters.Cluster, ns, service string,
 	}
 	if o.follow {
 		changes := c.Services().Watch()
-		fctx, cancel := context.WithCancel(context.Background())
-		w.cancel, w.done = cancel, make(chan struct{})
-		go w.follow(fctx, changes)
+		w.follower = follow(changes, "waypoint "+w.proxy.Name, w.Sync)
 	}
 	return w, nil
 }
@@ -237,20 +233,6 @@ func (w *Waypoint) Sync(ctx context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.syncLocked(ctx, w.c.Services().Snapshot(), false)
-}
-
-func (w *Waypoint) follow(ctx context.Context, changes <-chan struct{}) {
-	defer close(w.done)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-changes:
-		}
-		if err := w.Sync(ctx); err != nil && ctx.Err() == nil {
-			slog.Warn("waypoint did not follow a service store change", "waypoint", w.proxy.Name, "err", err)
-		}
-	}
 }
 
 // syncLocked writes the config and starts the proxy (first) or reloads it (config changed, or
@@ -377,11 +359,8 @@ func (w *Waypoint) config(svc services.ServiceView, ports []services.Port) []byt
 // Stop stops the waypoint's proxy, deletes its pod and removes its files (config, certificate,
 // and the lab CA if the waypoint created it and nothing else uses it).
 func (w *Waypoint) Stop(ctx context.Context) error {
-	if w.cancel != nil {
-		w.cancel()
-		<-w.done
-		w.cancel = nil
-	}
+	w.follower.stop()
+	w.follower = nil
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err := w.stop(ctx, w.pod.Name); err != nil {
