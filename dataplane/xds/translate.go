@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -173,7 +174,11 @@ type listenerMemo struct {
 }
 
 type routeMemo struct {
-	rc  *routev3.RouteConfiguration
+	rc    *routev3.RouteConfiguration
+	byKey map[model.Key]routeResult // per VIP:port: its virtual host's targets
+}
+
+type routeResult struct {
 	ts  []target
 	err error
 }
@@ -399,14 +404,18 @@ func (tr *Translator) listener(name string, l *listenerv3.Listener) *listenerMem
 	return lm
 }
 
-func (tr *Translator) routeTargets(rc *routev3.RouteConfiguration) ([]target, error) {
+func (tr *Translator) routeTargets(rc *routev3.RouteConfiguration, key model.Key) ([]target, error) {
 	rm := tr.memo().routes[rc.GetName()]
 	if rm == nil || rm.rc != rc {
-		rm = &routeMemo{rc: rc}
-		rm.ts, rm.err = routeTargets(rc)
+		rm = &routeMemo{rc: rc, byKey: map[model.Key]routeResult{}}
 		tr.m.routes[rc.GetName()] = rm
 	}
-	return rm.ts, rm.err
+	r, ok := rm.byKey[key]
+	if !ok {
+		r.ts, r.err = routeTargets(rc, key)
+		rm.byKey[key] = r
+	}
+	return r.ts, r.err
 }
 
 // routeNames is the package's routeNames, reading each listener's chains once.
@@ -761,7 +770,7 @@ func (t *translator) targets(fe frontend) ([]target, origin, status, error) {
 	} else if rc == nil {
 		return nil, from, 0, errors.New("http_connection_manager: neither route_config nor rds (scoped routes are not supported)")
 	}
-	ts, err := t.tr.routeTargets(rc)
+	ts, err := t.tr.routeTargets(rc, fe.key)
 	if err != nil {
 		return nil, from, 0, fmt.Errorf("route_configuration %q: %w", rc.GetName(), err)
 	}
@@ -783,15 +792,20 @@ func tcpProxyTargets(tp *tcpproxyv3.TcpProxy) ([]target, error) {
 	return checkWeights(ts)
 }
 
-// routeTargets takes the first virtual host's catch-all route: connect() sees no Host header,
-// path or other header, so matching on those is left to the waypoint, and other routes are
-// ignored here.
-func routeTargets(rc *routev3.RouteConfiguration) ([]target, error) {
+// routeTargets takes the catch-all route of the virtual host serving the VIP:port. connect()
+// sees no Host header, so the virtual host is the one whose domains name the destination as a
+// client addressing the VIP would (Istio lists "VIP" and "VIP:port" in every service's virtual
+// host of a port-wide route configuration), else a "*" one, else the only one. Paths and other
+// headers are left to the waypoint; other routes are ignored here.
+func routeTargets(rc *routev3.RouteConfiguration, key model.Key) ([]target, error) {
 	vhs := rc.GetVirtualHosts()
 	if len(vhs) == 0 {
 		return nil, errors.New("no virtual hosts (VHDS is not supported)")
 	}
-	vh := vhs[0]
+	vh := virtualHostFor(vhs, key)
+	if vh == nil {
+		return nil, fmt.Errorf("no virtual host for %s among %d (list the VIP or VIP:port in its domains, or add a \"*\" one)", netip.AddrPortFrom(key.VIP, key.Port), len(vhs))
+	}
 	i := slices.IndexFunc(vh.GetRoutes(), func(r *routev3.Route) bool { return catchAll(r.GetMatch()) })
 	if i < 0 {
 		return nil, fmt.Errorf("virtual host %q has no catch-all route (prefix \"/\" without other matchers)", vh.GetName())
@@ -820,6 +834,29 @@ func routeTargets(rc *routev3.RouteConfiguration) ([]target, error) {
 		return nil, fmt.Errorf("virtual host %q route %q: %w", vh.GetName(), r.GetName(), err)
 	}
 	return ts, nil
+}
+
+func virtualHostFor(vhs []*routev3.VirtualHost, key model.Key) *routev3.VirtualHost {
+	ap := netip.AddrPortFrom(key.VIP, key.Port).String()
+	host := key.VIP.String()
+	if key.VIP.Is6() {
+		host = "[" + host + "]"
+	}
+	var wildcard *routev3.VirtualHost
+	for _, vh := range vhs {
+		for _, d := range vh.GetDomains() {
+			switch d {
+			case ap, host, key.VIP.String():
+				return vh
+			case "*":
+				wildcard = cmp.Or(wildcard, vh)
+			}
+		}
+	}
+	if wildcard == nil && len(vhs) == 1 {
+		return vhs[0]
+	}
+	return wildcard
 }
 
 func catchAll(m *routev3.RouteMatch) bool {

@@ -516,3 +516,32 @@ func TestRouteAndEndpointNames(t *testing.T) {
 		t.Errorf("endpointNames = %v, want %v", got, want)
 	}
 }
+
+// TestPortWideRouteConfiguration: Istio-style, one route configuration serves a port for every
+// service, a virtual host per service whose domains list its VIP: each VIP's chain gets its own
+// service's cluster, not the first virtual host's. A VIP no virtual host names is NACKed.
+func TestPortWideRouteConfiguration(t *testing.T) {
+	vh := func(name, vip, cluster string) *routev3.VirtualHost {
+		return &routev3.VirtualHost{Name: name, Domains: []string{name + ".ns.svc.cluster.local", vip, vip + ":8080"},
+			Routes: []*routev3.Route{{Match: prefixMatch("/"), Action: toCluster(cluster)}}}
+	}
+	rc := &routev3.RouteConfiguration{Name: "8080", VirtualHosts: []*routev3.VirtualHost{
+		vh("a", "10.96.0.1", "a"), vh("b", "10.96.0.2", "b")}}
+	l := &listenerv3.Listener{Name: "0.0.0.0_8080", Address: socket("0.0.0.0", 8080), FilterChains: []*listenerv3.FilterChain{
+		chain("a", hcmRDS("8080"), "10.96.0.1/32"), chain("b", hcmRDS("8080"), "10.96.0.2/32")}}
+	s := state(l, rc, edsCluster("a", rr), edsCluster("b", rr), cla("a", ep{addr: "10.1.0.1:8080"}), cla("b", ep{addr: "10.1.0.2:8080"}))
+	got, err := Translate(&s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := config(svc("10.96.0.1:8080", "a", model.RoundRobin, []model.Endpoint{mep("10.1.0.1:8080", 1)}),
+		svc("10.96.0.2:8080", "b", model.RoundRobin, []model.Endpoint{mep("10.1.0.2:8080", 1)}))
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got\n%swant\n%s", dump(got), dump(want))
+	}
+	l.FilterChains = append(l.FilterChains, chain("c", hcmRDS("8080"), "10.96.0.3/32"))
+	s = state(l, rc, edsCluster("a", rr), edsCluster("b", rr), cla("a", ep{addr: "10.1.0.1:8080"}), cla("b", ep{addr: "10.1.0.2:8080"}))
+	if _, err := Translate(&s); err == nil || !strings.Contains(err.Error(), "no virtual host for 10.96.0.3:8080") {
+		t.Errorf("a VIP no virtual host names: %v", err)
+	}
+}
