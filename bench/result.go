@@ -26,10 +26,10 @@ type Result struct {
 	Cluster       ClusterInfo         `json:"cluster"`
 	// Variants describes each variant that ran: what carries the traffic (proxy and version,
 	// or none) and whether it is encrypted.
-	Variants map[string]string `json:"variants,omitempty"`
-	StartedAt     time.Time           `json:"started_at"`
-	EndedAt       time.Time           `json:"ended_at"`
-	Runs          []Run               `json:"runs"`
+	Variants  map[string]string `json:"variants,omitempty"`
+	StartedAt time.Time         `json:"started_at"`
+	EndedAt   time.Time         `json:"ended_at"`
+	Runs      []Run             `json:"runs"`
 	// Survival holds restart-mid-traffic results, one per variant (Runs is then empty).
 	Survival []Survival `json:"survival,omitempty"`
 	// Startup holds start-up scenario results, one per new pod (Runs is then empty).
