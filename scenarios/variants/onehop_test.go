@@ -18,7 +18,9 @@ import (
 
 // onehopLab brings up a lab with an enrolled namespace (onehop) and a plain one (plain), each
 // with a client on n1 and a 2-endpoint service "web" (one endpoint per node), installs the
-// onehop variant and tears everything down at the end.
+// onehop variant and tears everything down at the end. The onehop namespace also has a service
+// "aaa" on the same HTTP port whose only endpoint (the client pod) serves nothing: it sorts
+// first in the port's route configuration, so a VIP routed by the wrong virtual host fails.
 func onehopLab(t *testing.T) (*netns.Cluster, *Onehop) {
 	t.Helper()
 	bin, p, name := testProvider(t, "tv")
@@ -33,6 +35,9 @@ func onehopLab(t *testing.T) (*netns.Cluster, *Onehop) {
 		spec.Services = append(spec.Services, clusters.ServiceDef{Name: "web", Namespace: ns, Selector: web,
 			Ports: []clusters.ServicePort{{Name: "http", Port: 80, TargetPort: 8080}}})
 	}
+	spec.Pods[0].Labels = map[string]string{"role": "client"}
+	spec.Services = append(spec.Services, clusters.ServiceDef{Name: "aaa", Namespace: "onehop", Selector: map[string]string{"role": "client"},
+		Ports: []clusters.ServicePort{{Name: "http", Port: 80, TargetPort: 8080}}})
 	c, err := p.Up(context.Background(), spec)
 	if err != nil {
 		t.Fatal(err)
@@ -194,7 +199,7 @@ func TestOnehopAgentMetrics(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{"onehop_agent_programmed_services 2", "onehop_agent_xds_updates_total", "onehop_agent_map_operations_total"} {
+	for _, want := range []string{"onehop_agent_programmed_services 3", "onehop_agent_xds_updates_total", "onehop_agent_map_operations_total"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("metrics lack %q", want)
 		}
