@@ -66,24 +66,6 @@ func mustAmbientLab(t *testing.T, v *Ambient) *netns.Cluster {
 	return c
 }
 
-func ambientVIP(t *testing.T, c *netns.Cluster, ns, name string) string {
-	t.Helper()
-	svc, ok := c.Services().Snapshot().Service(ns, name)
-	if !ok {
-		t.Fatalf("no service %s/%s", ns, name)
-	}
-	return svc.ClusterIPs[0].String()
-}
-
-func ambientPodIP(t *testing.T, c *netns.Cluster, name string) string {
-	t.Helper()
-	p, ok := c.Pod(name)
-	if !ok {
-		t.Fatalf("no pod %s", name)
-	}
-	return p.IPs[0].String()
-}
-
 // ambientSessions reads a tcp-mode frontend's or backend's session counter from a node proxy.
 func ambientSessions(t *testing.T, v *Ambient, node, proxy string) int {
 	t.Helper()
@@ -118,28 +100,6 @@ func ambientStat(t *testing.T, v *Ambient, node, frontend, column string) int {
 	return 0
 }
 
-// ambientHAProxies lists the live HAProxy processes in the lab's cgroups (node daemons and pods).
-// Zombies do not count: a worker whose master exited first is reparented to PID 1, which on
-// some hosts (containers) never reaps it; it holds no socket.
-func ambientHAProxies(t *testing.T, c *netns.Cluster) []int {
-	t.Helper()
-	var pids []int
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		comm, _ := os.ReadFile(filepath.Join(d, "comm"))
-		cg, _ := os.ReadFile(filepath.Join(d, "cgroup"))
-		status, _ := os.ReadFile(filepath.Join(d, "status"))
-		if strings.Contains(string(status), "\nState:\tZ") {
-			continue
-		}
-		if strings.TrimSpace(string(comm)) == "haproxy" && strings.Contains(string(cg), "/onehop-"+c.Name()+"/") {
-			pid, _ := strconv.Atoi(filepath.Base(d))
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 // ambientHTTP sends one HTTP/1.1 keep-alive request on an open connection.
 func ambientHTTP(conn net.Conn, r *bufio.Reader) (int, error) {
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
@@ -166,7 +126,7 @@ func TestAmbient(t *testing.T) {
 
 	t.Run("VIPThroughBothNodeProxies", func(t *testing.T) {
 		for _, tc := range []struct{ svc, server, node string }{{"same", "mesh-web-1", "n1"}, {"cross", "mesh-web-2", "n2"}} {
-			vip := ambientVIP(t, c, "mesh", tc.svc)
+			vip := serviceIP(t, c, "mesh", tc.svc)
 			backend := "out:" + vip + ":80"
 			out0, be0, in0 := ambientSessions(t, v, "n1", "outbound"), ambientSessions(t, v, "n1", backend), ambientSessions(t, v, tc.node, "tunnel")
 			for i := 0; i < 5; i++ {
@@ -190,21 +150,21 @@ func TestAmbient(t *testing.T) {
 			}
 		}
 		// The service NAT rules never saw the client's connections: the node proxy balanced them.
-		if n := natPackets(t, c, ambientVIP(t, c, "mesh", "same")); n != 0 {
+		if n := natPackets(t, c, serviceIP(t, c, "mesh", "same")); n != 0 {
 			t.Errorf("%d packets to the VIP went through the node's service NAT", n)
 		}
 	})
 
 	t.Run("PodIPThroughTheTunnel", func(t *testing.T) {
 		in0 := ambientSessions(t, v, "n2", "tunnel")
-		if status, _ := get(t, c, "mesh-client", "http://"+ambientPodIP(t, c, "mesh-web-2")+":8080/echo"); status != "200" {
+		if status, _ := get(t, c, "mesh-client", "http://"+podIP(t, c, "mesh-web-2")+":8080/echo"); status != "200" {
 			t.Fatalf("to the pod IP: status %q", status)
 		}
 		if n := ambientSessions(t, v, "n2", "tunnel") - in0; n != 1 {
 			t.Errorf("n2's node proxy took %d tunnel connections for one request to a mesh pod's IP, want 1", n)
 		}
 		// Outside the mesh: plaintext from the node, no tunnel.
-		if status, _ := get(t, c, "mesh-client", "http://"+ambientPodIP(t, c, "plain-web")+":8080/echo"); status != "200" {
+		if status, _ := get(t, c, "mesh-client", "http://"+podIP(t, c, "plain-web")+":8080/echo"); status != "200" {
 			t.Fatalf("to a pod outside the mesh: status %q", status)
 		}
 		if n := ambientSessions(t, v, "n1", "passthrough"); n < 1 {
@@ -213,7 +173,7 @@ func TestAmbient(t *testing.T) {
 	})
 
 	t.Run("AppTalksToTheListenerInItsPod", func(t *testing.T) {
-		conn, err := c.Dial(ctx, "mesh-client", "tcp", ambientVIP(t, c, "mesh", "cross")+":80")
+		conn, err := c.Dial(ctx, "mesh-client", "tcp", serviceIP(t, c, "mesh", "cross")+":80")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -225,7 +185,7 @@ func TestAmbient(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		app, server := conn.LocalAddr().String(), ambientPodIP(t, c, "mesh-web-2")+":8080"
+		app, server := conn.LocalAddr().String(), podIP(t, c, "mesh-web-2")+":8080"
 		var proxyHasApp bool
 		for _, line := range strings.Split(string(out), "\n") {
 			f := strings.Fields(line)
@@ -334,7 +294,7 @@ func TestAmbient(t *testing.T) {
 		})
 		defer resync(nil)
 		failed0 := ambientStat(t, v, "n1", "tunnel", "ssl_failed_handshake")
-		if status, _ := get(t, c, "mesh-client", "http://"+ambientVIP(t, c, "mesh", "cross")+"/echo"); status == "200" {
+		if status, _ := get(t, c, "mesh-client", "http://"+serviceIP(t, c, "mesh", "cross")+"/echo"); status == "200" {
 			t.Error("a connection for an n2 endpoint was accepted by n1's proxy")
 		}
 		if n := ambientStat(t, v, "n1", "tunnel", "ssl_failed_handshake") - failed0; n < 1 {
@@ -354,7 +314,7 @@ func TestAmbient(t *testing.T) {
 		if err := v.AddPod(ctx, c, web3); err != nil {
 			t.Fatal(err)
 		}
-		vip := ambientVIP(t, c, "mesh", "cross")
+		vip := serviceIP(t, c, "mesh", "cross")
 		for i := 0; i < 4; i++ {
 			if status, _ := get(t, c, "mesh-client", "http://"+vip+"/echo"); status != "200" {
 				t.Fatalf("request %d after the new endpoint: status %q", i, status)
@@ -402,7 +362,7 @@ func TestAmbient(t *testing.T) {
 
 	t.Run("Restart", func(t *testing.T) {
 		for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-			vip := ambientVIP(t, c, "mesh", "cross")
+			vip := serviceIP(t, c, "mesh", "cross")
 			// A keep-alive connection the restarted proxy carries.
 			conn, err := c.Dial(ctx, "mesh-client", "tcp", vip+":80")
 			if err != nil {
@@ -428,7 +388,7 @@ func TestAmbient(t *testing.T) {
 				t.Errorf("%v: a connection the node proxy carried survived its restart (status %d)", sig, status)
 			}
 			for _, svc := range []string{"same", "cross"} {
-				vip := ambientVIP(t, c, "mesh", svc)
+				vip := serviceIP(t, c, "mesh", svc)
 				out0 := ambientSessions(t, v, "n1", "outbound")
 				if status, _ := get(t, c, "mesh-client", "http://"+vip+"/echo"); status != "200" {
 					t.Fatalf("after %v, %s: status %q", sig, svc, status)
@@ -438,7 +398,7 @@ func TestAmbient(t *testing.T) {
 				}
 			}
 		}
-		if pids := ambientHAProxies(t, c); len(pids) != 2*2 { // a master and a worker per node
+		if pids := labHAProxies(t, c); len(pids) != 2*2 { // a master and a worker per node
 			t.Errorf("%d HAProxy processes in the lab after the restarts, want 4 (old ones left?): %v", len(pids), pids)
 		}
 	})
@@ -447,7 +407,7 @@ func TestAmbient(t *testing.T) {
 		if err := v.Uninstall(ctx, c); err != nil {
 			t.Fatal(err)
 		}
-		if pids := ambientHAProxies(t, c); len(pids) > 0 {
+		if pids := labHAProxies(t, c); len(pids) > 0 {
 			t.Errorf("HAProxy still runs in the lab: pids %v", pids)
 		}
 		for _, p := range c.Pods() {
@@ -464,7 +424,7 @@ func TestAmbient(t *testing.T) {
 				t.Errorf("%s is left (%v)", filepath.Join(c.RuntimeDir(), dir), err)
 			}
 		}
-		vip := ambientVIP(t, c, "mesh", "same")
+		vip := serviceIP(t, c, "mesh", "same")
 		before := natPackets(t, c, vip)
 		if status, _ := get(t, c, "mesh-client", "http://"+vip+"/echo"); status != "200" {
 			t.Errorf("after uninstall: status %q", status)
@@ -492,7 +452,7 @@ func TestAmbientRejectedConfigNamesTheNode(t *testing.T) {
 	if !strings.Contains(err.Error(), "node n2") || !strings.Contains(err.Error(), "no-such-directive") {
 		t.Errorf("error %q does not name the node and the rejected directive", err)
 	}
-	if pids := ambientHAProxies(t, c); len(pids) > 0 {
+	if pids := labHAProxies(t, c); len(pids) > 0 {
 		t.Errorf("the failed install left HAProxy running: pids %v", pids)
 	}
 	if _, err := os.Stat(filepath.Join(c.RuntimeDir(), "ambient")); !os.IsNotExist(err) {
@@ -515,7 +475,7 @@ func TestAmbientWaypoint(t *testing.T) {
 			if w == nil {
 				t.Fatalf("service %s has no waypoint", tc.svc)
 			}
-			vip := ambientVIP(t, c, "mesh", tc.svc)
+			vip := serviceIP(t, c, "mesh", tc.svc)
 			req0, err := w.Requests()
 			if err != nil {
 				t.Fatal(err)
@@ -593,7 +553,7 @@ func TestAmbientWaypoint(t *testing.T) {
 		if err := v.Uninstall(ctx, c); err != nil {
 			t.Fatal(err)
 		}
-		if pids := ambientHAProxies(t, c); len(pids) > 0 {
+		if pids := labHAProxies(t, c); len(pids) > 0 {
 			t.Errorf("HAProxy still runs in the lab: pids %v", pids)
 		}
 		for _, p := range c.Pods() {

@@ -74,14 +74,6 @@ func get(t *testing.T, c *netns.Cluster, pod, url string) (status, peer string) 
 	return f[0], f[1]
 }
 
-func vip(t *testing.T, c *netns.Cluster, ns string) string {
-	svc, ok := c.Services().Snapshot().Service(ns, "web")
-	if !ok {
-		t.Fatalf("no service %s/web", ns)
-	}
-	return svc.ClusterIPs[0].String()
-}
-
 // natPackets counts the packets of the kube-proxy-style service chain for a VIP on n1.
 func natPackets(t *testing.T, c *netns.Cluster, vip string) int {
 	run := func(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
@@ -96,7 +88,7 @@ func natPackets(t *testing.T, c *netns.Cluster, vip string) int {
 
 func TestOnehopBalancesInTheKernelOneHop(t *testing.T) {
 	c, _ := onehopLab(t)
-	enrolledVIP, plainVIP := vip(t, c, "onehop"), vip(t, c, "plain")
+	enrolledVIP, plainVIP := serviceIP(t, c, "onehop", "web"), serviceIP(t, c, "plain", "web")
 	for i := 0; i < 10; i++ {
 		status, peer := get(t, c, "onehop-client", "http://"+enrolledVIP+"/echo")
 		if status != "200" {
@@ -124,7 +116,7 @@ func TestOnehopBalancesInTheKernelOneHop(t *testing.T) {
 
 func TestOnehopEnrollmentTogglesWithoutRestart(t *testing.T) {
 	c, _ := onehopLab(t)
-	v := vip(t, c, "onehop")
+	v := serviceIP(t, c, "onehop", "web")
 	sock := AgentSocket(c, "n1")
 	before := natPackets(t, c, v)
 	if err := Enroll(context.Background(), sock, c.NetnsPath("onehop-client"), false); err != nil {
@@ -151,7 +143,7 @@ func TestOnehopEnrollmentTogglesWithoutRestart(t *testing.T) {
 func TestOnehopFollowsEndpointChanges(t *testing.T) {
 	c, _ := onehopLab(t)
 	ctx := context.Background()
-	v := vip(t, c, "onehop")
+	v := serviceIP(t, c, "onehop", "web")
 	url := "http://" + v + "/echo"
 	if status, _ := get(t, c, "onehop-client", url); status != "200" {
 		t.Fatalf("before the change: status %q", status)
@@ -192,7 +184,7 @@ func TestOnehopFollowsEndpointChanges(t *testing.T) {
 
 func TestOnehopAgentMetrics(t *testing.T) {
 	c, _ := onehopLab(t)
-	get(t, c, "onehop-client", "http://"+vip(t, c, "onehop")+"/echo")
+	get(t, c, "onehop-client", "http://"+serviceIP(t, c, "onehop", "web")+"/echo")
 	resp, err := agent.Client(AgentSocket(c, "n1")).Get("http://agent/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -211,7 +203,7 @@ func TestOnehopAgentMetrics(t *testing.T) {
 func TestOnehopSurvivesControlPlaneRestart(t *testing.T) {
 	c, v := onehopLab(t)
 	ctx := context.Background()
-	url := "http://" + vip(t, c, "onehop") + "/echo"
+	url := "http://" + serviceIP(t, c, "onehop", "web") + "/echo"
 	v.stopControlPlane()
 	for i := 0; i < 10; i++ {
 		if status, _ := get(t, c, "onehop-client", url); status != "200" {
@@ -253,7 +245,7 @@ func TestOnehopSurvivesControlPlaneRestart(t *testing.T) {
 			t.Fatalf("after resync, request %d: status %q", i, status)
 		}
 	}
-	if n := natPackets(t, c, vip(t, c, "onehop")); n != 0 {
+	if n := natPackets(t, c, serviceIP(t, c, "onehop", "web")); n != 0 {
 		t.Errorf("%d packets took the iptables path: traffic did not stay in the kernel data plane", n)
 	}
 }
@@ -287,11 +279,11 @@ func TestOnehopUninstallLeavesNothing(t *testing.T) {
 		}
 	}
 	// Traffic from the enrolled pod is back on kube-proxy's rules.
-	before := natPackets(t, c, vip(t, c, "onehop"))
-	if status, _ := get(t, c, "onehop-client", "http://"+vip(t, c, "onehop")+"/"); status != "200" {
+	before := natPackets(t, c, serviceIP(t, c, "onehop", "web"))
+	if status, _ := get(t, c, "onehop-client", "http://"+serviceIP(t, c, "onehop", "web")+"/"); status != "200" {
 		t.Errorf("after uninstall: status %q", status)
 	}
-	if natPackets(t, c, vip(t, c, "onehop")) == before {
+	if natPackets(t, c, serviceIP(t, c, "onehop", "web")) == before {
 		t.Error("after uninstall the VIP is still not served by the service chain")
 	}
 }

@@ -41,7 +41,7 @@ func TestOnehopWaypointSteersToTheWaypoint(t *testing.T) {
 		t.Fatalf("%d waypoints, want 1", len(v.waypoints))
 	}
 	wp := v.waypoints[0]
-	vip := vip(t, c, "wp")
+	vip := serviceIP(t, c, "wp", "web")
 	before, _ := wp.Requests()
 	nat := natPackets(t, c, vip)
 	for i := range 10 {

@@ -79,24 +79,6 @@ func requests(t *testing.T, h *HAProxy, proxy string) int {
 	return n
 }
 
-func serviceVIP(t *testing.T, c *netns.Cluster, name string) string {
-	t.Helper()
-	svc, ok := c.Services().Snapshot().Service("mesh", name)
-	if !ok {
-		t.Fatalf("no service mesh/%s", name)
-	}
-	return svc.ClusterIPs[0].String()
-}
-
-func podIP(t *testing.T, c *netns.Cluster, name string) string {
-	t.Helper()
-	p, ok := c.Pod(name)
-	if !ok {
-		t.Fatalf("no pod %s", name)
-	}
-	return p.IPs[0].String()
-}
-
 // TestSidecarCarriesHTTPThroughBothProxies: requests from the injected client to a VIP succeed
 // same-node and cross-node, and both proxies count them: the client's outbound listener (in the
 // service's backend) and the server's inbound listener.
@@ -105,7 +87,7 @@ func TestSidecarCarriesHTTPThroughBothProxies(t *testing.T) {
 	c := mustSidecarLab(t, v)
 	client := proxyOf(t, v, "mesh-client")
 	for _, tc := range []struct{ svc, server string }{{"same", "mesh-web-1"}, {"cross", "mesh-web-2"}} {
-		vip := serviceVIP(t, c, tc.svc)
+		vip := serviceIP(t, c, "mesh", tc.svc)
 		server := proxyOf(t, v, tc.server)
 		backend := "out:" + vip + ":80"
 		out0, be0, in0 := requests(t, client, "outbound"), requests(t, client, backend), requests(t, server, "inbound")
@@ -127,7 +109,7 @@ func TestSidecarCarriesHTTPThroughBothProxies(t *testing.T) {
 		}
 	}
 	// No request reached the lab's kube-proxy rules: the sidecar sends to the endpoint itself.
-	if n := natPackets(t, c, serviceVIP(t, c, "same")); n != 0 {
+	if n := natPackets(t, c, serviceIP(t, c, "mesh", "same")); n != 0 {
 		t.Errorf("%d packets to the VIP went through the node's service NAT", n)
 	}
 }
@@ -139,7 +121,7 @@ func TestSidecarAppTalksToItsLocalProxy(t *testing.T) {
 	v := &Sidecar{MTLS: true}
 	c := mustSidecarLab(t, v)
 	ctx := context.Background()
-	conn, err := c.Dial(ctx, "mesh-client", "tcp", serviceVIP(t, c, "cross")+":80")
+	conn, err := c.Dial(ctx, "mesh-client", "tcp", serviceIP(t, c, "mesh", "cross")+":80")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +237,7 @@ func TestSidecarPlaintext(t *testing.T) {
 	if status, _ := get(t, c, "plain-client", "http://"+podIP(t, c, "mesh-web-1")+":8080/echo"); status != "200" {
 		t.Fatalf("plaintext request from outside the mesh: status %q, want 200", status)
 	}
-	if status, _ := get(t, c, "mesh-client", "http://"+serviceVIP(t, c, "cross")+"/echo"); status != "200" {
+	if status, _ := get(t, c, "mesh-client", "http://"+serviceIP(t, c, "mesh", "cross")+"/echo"); status != "200" {
 		t.Fatalf("through the sidecars: status %q", status)
 	}
 	if in := requests(t, server, "inbound"); in-in0 != 1 {
@@ -275,7 +257,7 @@ func TestSidecarUninstallLeavesNothing(t *testing.T) {
 	if err := v.Uninstall(ctx, c); err != nil {
 		t.Fatal(err)
 	}
-	if pids := haproxyInLab(t, c); len(pids) > 0 {
+	if pids := labHAProxies(t, c); len(pids) > 0 {
 		t.Errorf("HAProxy still runs in the lab's pods: pids %v", pids)
 	}
 	for _, tg := range c.CPUTargets() {
@@ -299,7 +281,7 @@ func TestSidecarUninstallLeavesNothing(t *testing.T) {
 			t.Errorf("%s is left (%v)", filepath.Join(c.RuntimeDir(), dir), err)
 		}
 	}
-	vip := serviceVIP(t, c, "same")
+	vip := serviceIP(t, c, "mesh", "same")
 	before := natPackets(t, c, vip)
 	if status, _ := get(t, c, "mesh-client", "http://"+vip+"/echo"); status != "200" {
 		t.Errorf("after uninstall: status %q", status)
@@ -307,30 +289,6 @@ func TestSidecarUninstallLeavesNothing(t *testing.T) {
 	if natPackets(t, c, vip) == before {
 		t.Error("after uninstall the VIP is not served by the node's service rules")
 	}
-}
-
-// haproxyInLab lists the HAProxy processes in the network namespace of any of the lab's pods.
-func haproxyInLab(t *testing.T, c *netns.Cluster) []int {
-	t.Helper()
-	inodes := map[uint64]bool{}
-	for _, p := range c.Pods() {
-		var st syscall.Stat_t
-		if err := syscall.Stat(c.NetnsPath(p.Name), &st); err == nil {
-			inodes[st.Ino] = true
-		}
-	}
-	var pids []int
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		comm, _ := os.ReadFile(filepath.Join(d, "comm"))
-		var st syscall.Stat_t
-		if strings.TrimSpace(string(comm)) != "haproxy" || syscall.Stat(filepath.Join(d, "ns", "net"), &st) != nil || !inodes[st.Ino] {
-			continue
-		}
-		pid, _ := strconv.Atoi(filepath.Base(d))
-		pids = append(pids, pid)
-	}
-	return pids
 }
 
 // TestSidecarRejectedConfigFailsInstall: a config HAProxy rejects fails Install with an error
@@ -350,7 +308,7 @@ func TestSidecarRejectedConfigFailsInstall(t *testing.T) {
 	if !strings.Contains(err.Error(), "pod mesh-web-2") || !strings.Contains(err.Error(), "no-such-directive") {
 		t.Errorf("error %q does not name the pod and the rejected directive", err)
 	}
-	if pids := haproxyInLab(t, c); len(pids) > 0 {
+	if pids := labHAProxies(t, c); len(pids) > 0 {
 		t.Errorf("the failed install left HAProxy running: pids %v", pids)
 	}
 }
@@ -375,7 +333,7 @@ func TestSidecarRestart(t *testing.T) {
 			t.Errorf("%v: the client's sidecar is still pid %d", sig, pid)
 		}
 		for _, svc := range []string{"same", "cross"} {
-			vip := serviceVIP(t, c, svc)
+			vip := serviceIP(t, c, "mesh", svc)
 			out0 := requests(t, proxyOf(t, v, "mesh-client"), "outbound")
 			if status, _ := get(t, c, "mesh-client", "http://"+vip+"/echo"); status != "200" {
 				t.Fatalf("after %v, %s: status %q", sig, svc, status)
@@ -385,7 +343,7 @@ func TestSidecarRestart(t *testing.T) {
 			}
 		}
 	}
-	if pids := haproxyInLab(t, c); len(pids) != 3*2 { // a master and a worker per sidecar
+	if pids := labHAProxies(t, c); len(pids) != 3*2 { // a master and a worker per sidecar
 		t.Errorf("%d HAProxy processes in the lab after the restarts, want 6 (old ones left?): %v", len(pids), pids)
 	}
 }
@@ -406,7 +364,7 @@ func TestSidecarFollowsTheStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := proxyOf(t, v, "mesh-client")
-	backend := "out:" + serviceVIP(t, c, "cross") + ":80"
+	backend := "out:" + serviceIP(t, c, "mesh", "cross") + ":80"
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		stats, err := client.ShowStat()
@@ -425,7 +383,7 @@ func TestSidecarFollowsTheStore(t *testing.T) {
 	web3 := proxyOf(t, v, "mesh-web-3")
 	in0 := requests(t, web3, "inbound")
 	for i := 0; i < 6; i++ {
-		if status, _ := get(t, c, "mesh-client", "http://"+serviceVIP(t, c, "cross")+"/echo"); status != "200" {
+		if status, _ := get(t, c, "mesh-client", "http://"+serviceIP(t, c, "mesh", "cross")+"/echo"); status != "200" {
 			t.Fatalf("request %d after the change: status %q", i, status)
 		}
 	}

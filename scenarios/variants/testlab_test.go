@@ -4,6 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/onehop-mesh/onehop/clusters"
@@ -45,4 +49,46 @@ func upAndInstall(t *testing.T, p *netns.Provider, spec clusters.Spec, v Variant
 		}
 	})
 	return c.(*netns.Cluster), err
+}
+
+// serviceIP is the cluster IP of service ns/name.
+func serviceIP(t *testing.T, c *netns.Cluster, ns, name string) string {
+	t.Helper()
+	svc, ok := c.Services().Snapshot().Service(ns, name)
+	if !ok {
+		t.Fatalf("no service %s/%s", ns, name)
+	}
+	return svc.ClusterIPs[0].String()
+}
+
+// podIP is a pod's first IP.
+func podIP(t *testing.T, c *netns.Cluster, name string) string {
+	t.Helper()
+	p, ok := c.Pod(name)
+	if !ok {
+		t.Fatalf("no pod %s", name)
+	}
+	return p.IPs[0].String()
+}
+
+// labHAProxies lists the live HAProxy processes in the lab's cgroups (node daemons, pods and
+// their sidecar containers). Zombies do not count: a worker whose master exited first is
+// reparented to PID 1, which on some hosts (containers) never reaps it; it holds no socket.
+func labHAProxies(t *testing.T, c *netns.Cluster) []int {
+	t.Helper()
+	var pids []int
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		comm, _ := os.ReadFile(filepath.Join(d, "comm"))
+		cg, _ := os.ReadFile(filepath.Join(d, "cgroup"))
+		status, _ := os.ReadFile(filepath.Join(d, "status"))
+		if strings.Contains(string(status), "\nState:\tZ") {
+			continue
+		}
+		if strings.TrimSpace(string(comm)) == "haproxy" && strings.Contains(string(cg), "/onehop-"+c.Name()+"/") {
+			pid, _ := strconv.Atoi(filepath.Base(d))
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
