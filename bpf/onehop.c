@@ -17,6 +17,9 @@
 #ifndef AF_INET
 #define AF_INET 2
 #endif
+#ifndef ECONNREFUSED
+#define ECONNREFUSED 111
+#endif
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -131,11 +134,18 @@ static __always_inline long pick(const struct oh_svc *svc, __u16 n)
 	return bpf_get_prandom_u32() % n;
 }
 
+/* What balance() found. */
+enum oh_verdict {
+	OH_BALANCED = 0,  /* *be is the chosen endpoint */
+	OH_NOT_OURS = -1, /* not a service, or no usable slot: leave the connect() alone */
+	OH_EMPTY = -2,    /* a service with no endpoints: refuse the connect() */
+};
+
 /*
- * Chooses a backend for the service at key into *be. Returns 0 if it found one. The agent
- * deletes a changed service's old slots right after switching it to the new generation, so a
- * missing slot means the service value we read is stale: read it again (once is enough, the new
- * slots were written before the switch).
+ * Chooses a backend for the service at key into *be. The agent deletes a changed service's old
+ * slots right after switching it to the new generation, so a missing slot means the service
+ * value we read is stale: read it again (once is enough, the new slots were written before the
+ * switch).
  */
 static __always_inline int balance(const struct oh_svc_key *key, struct oh_endpoint *be)
 {
@@ -149,15 +159,17 @@ static __always_inline int balance(const struct oh_svc_key *key, struct oh_endpo
 
 		if (!sp) {
 			count(attempt == 0 ? OH_CNT_CONNECT_NO_SERVICE : OH_CNT_CONNECT_NO_BACKEND);
-			return -1;
+			return OH_NOT_OURS;
 		}
 		svc = *sp;
 #pragma unroll
 		for (int p = OH_MAX_PRIO - 1; p >= 0; p--)
 			if (svc.count[p] > 0)
 				prio = p;
-		if (prio < 0)
-			break;
+		if (prio < 0) {
+			count(OH_CNT_CONNECT_NO_BACKEND);
+			return OH_EMPTY;
+		}
 		s = pick(&svc, svc.count[prio]);
 		if (s < 0)
 			break;
@@ -168,12 +180,23 @@ static __always_inline int balance(const struct oh_svc_key *key, struct oh_endpo
 		slot = bpf_map_lookup_elem(&oh_slots, &sk);
 		if (slot) {
 			*be = *slot;
-			return 0;
+			return OH_BALANCED;
 		}
 		count(OH_CNT_CONNECT_RETRIED);
 	}
 	count(OH_CNT_CONNECT_NO_BACKEND);
-	return -1;
+	return OH_NOT_OURS;
+}
+
+/*
+ * Fails the connect() with ECONNREFUSED, as kube-proxy's REJECT rule answers for a service
+ * without endpoints: the caller learns at once, and nothing reaches endpoints that are gone.
+ * bpf_set_retval (Linux 5.18+) chooses the errno; a program returning 0 alone gives EPERM.
+ */
+static __always_inline int refuse(void)
+{
+	bpf_set_retval(-ECONNREFUSED);
+	return 0;
 }
 
 /* Remembers the VIP a socket connected to; getpeername shows it instead of the backend. */
@@ -208,8 +231,14 @@ int oh_connect4(struct bpf_sock_addr *ctx)
 	v4mapped(key.addr, ctx->user_ip4);
 	key.port = (__u16)ctx->user_port;
 	key.proto = IPPROTO_TCP;
-	if (balance(&key, &be))
+	switch (balance(&key, &be)) {
+	case OH_BALANCED:
+		break;
+	case OH_EMPTY:
+		return refuse();
+	default:
 		return 1;
+	}
 	if (!is_v4mapped(be.addr)) { /* the agent never writes that; never connect to garbage */
 		count(OH_CNT_CONNECT_NO_BACKEND);
 		return 1;
@@ -236,8 +265,14 @@ int oh_connect6(struct bpf_sock_addr *ctx)
 	w[3] = ctx->user_ip6[3];
 	key.port = (__u16)ctx->user_port;
 	key.proto = IPPROTO_TCP;
-	if (balance(&key, &be))
+	switch (balance(&key, &be)) {
+	case OH_BALANCED:
+		break;
+	case OH_EMPTY:
+		return refuse();
+	default:
 		return 1;
+	}
 	/* A v4-mapped VIP is a v4 service, whose backends are v4: written v4-mapped, as needed. */
 	remember(ctx, &key);
 	w = (__u32 *)be.addr;

@@ -80,7 +80,9 @@ enum oh_counter {
 	OH_CNT_CONNECT_ENROLLED,        /* TCP connects from an enrolled netns */
 	OH_CNT_CONNECT_BALANCED,        /* ... rewritten to a backend */
 	OH_CNT_CONNECT_NO_SERVICE,      /* ... to an address that is no service (left alone) */
-	OH_CNT_CONNECT_NO_BACKEND,      /* ... to a service without a usable backend (left alone) */
+	OH_CNT_CONNECT_NO_BACKEND,      /* ... to a service without a usable backend: refused if it has
+	                                 * no endpoints (ECONNREFUSED), else left alone. A counter of
+	                                 * its own would resize the pinned oh_counters (a layout bump). */
 	OH_CNT_CONNECT_RETRIED,         /* slot lookups repeated because the service changed meanwhile */
 	OH_CNT_GETPEERNAME_REWRITTEN,   /* getpeername answers that show the VIP */
 	OH_CNT_CONNS_OPENED,            /* connections added to oh_conns */

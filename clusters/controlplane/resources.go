@@ -39,12 +39,25 @@ func ClusterName(namespace, name string, port uint16) string {
 	return fmt.Sprintf("outbound|%d||%s.%s.%s", port, name, namespace, DomainSuffix)
 }
 
-// ListenerName is Istio's name of the outbound listener of a port in the VIP's family.
+// ListenerName is Istio's name of the outbound listener of a TCP service port: bound to the
+// VIP, like the listener itself.
 func ListenerName(vip netip.Addr, port uint16) string {
+	ap := netip.AddrPortFrom(vip, port).String()
+	return ap[:strings.LastIndexByte(ap, ':')] + "_" + strconv.Itoa(int(port))
+}
+
+// HTTPListenerName is Istio's name of the port-wide outbound listener of an HTTP port in the
+// VIP's family: one chain for every HTTP service of the port, which its route configuration
+// tells apart by the VIPs and names in its virtual hosts' domains.
+func HTTPListenerName(vip netip.Addr, port uint16) string {
 	return listenerKey{wildcard(vip), port}.name()
 }
 
 func (k listenerKey) name() string { return fmt.Sprintf("%s_%d", k.wildcard, k.port) }
+
+// PassthroughCluster is where istiod's allow_any virtual host ("*") sends HTTP requests for
+// hosts that are no service: the original destination.
+const PassthroughCluster = "PassthroughCluster"
 
 // RouteName is Istio's name of the RDS route configuration of an HTTP port.
 func RouteName(port uint16) string { return strconv.Itoa(int(port)) }
@@ -78,7 +91,8 @@ var adsSource = &corev3.ConfigSource{
 	ResourceApiVersion:    corev3.ApiVersion_V3,
 }
 
-// listenerKey identifies one outbound listener: the wildcard address of a family and a port.
+// listenerKey identifies one port-wide outbound HTTP listener: the wildcard address of a family
+// and a port.
 type listenerKey struct {
 	wildcard string
 	port     uint16
@@ -111,13 +125,14 @@ type built struct {
 	svc       services.Service // the definition the resources were built from
 	clusters  []versioned
 	endpoints []versioned
-	chains    map[listenerKey][]*listenerv3.FilterChain
+	listeners []versioned // a TCP port's listener per VIP
 	http      []httpPort
 }
 
 type httpPort struct {
 	port    uint16
 	cluster string
+	vips    []netip.Addr
 }
 
 // versioned is a resource with its delta xDS version: the hash go-control-plane would compute,
@@ -146,6 +161,12 @@ func newBuilder(policy model.Policy) (*builder, error) {
 	for t := range b.items {
 		b.items[t], b.versions[t] = map[string]types.ResourceWithTTL{}, map[string]string{}
 	}
+	pt, err := passthroughCluster()
+	if err != nil {
+		return nil, err
+	}
+	b.items[types.Cluster][pt.name] = types.ResourceWithTTL{Resource: pt.res}
+	b.versions[types.Cluster][pt.name] = pt.version
 	return b, nil
 }
 
@@ -169,7 +190,7 @@ func (b *builder) apply(c services.Changes) (*cachev3.Snapshot, error) {
 			err error
 		)
 		if old != nil && reflect.DeepEqual(old.svc, v.Service) {
-			nb = &built{svc: old.svc, clusters: old.clusters, chains: old.chains, http: old.http}
+			nb = &built{svc: old.svc, clusters: old.clusters, listeners: old.listeners, http: old.http}
 			nb.endpoints, err = b.loadAssignments(v)
 		} else {
 			defined = true
@@ -262,9 +283,11 @@ func (b *builder) apply(c services.Changes) (*cachev3.Snapshot, error) {
 	return out, nil
 }
 
-// service builds the clusters, load assignments and filter chains of one service.
+// service builds the clusters, load assignments and listeners of one service, in istiod's
+// shapes: a TCP port gets a listener bound to each VIP; an HTTP port joins the port-wide
+// listener, its VIPs named in its virtual host's domains.
 func (b *builder) service(svc services.ServiceView) (*built, error) {
-	out := &built{svc: svc.Service, chains: map[listenerKey][]*listenerv3.FilterChain{}}
+	out := &built{svc: svc.Service}
 	if len(svc.ClusterIPs) == 0 {
 		return out, nil
 	}
@@ -288,25 +311,21 @@ func (b *builder) service(svc services.ServiceView) (*built, error) {
 			return nil, err
 		}
 		out.clusters = append(out.clusters, cluster)
-		var filter *listenerv3.Filter
 		if IsHTTP(p) {
-			if filter, err = httpFilter(p.Port); err != nil {
-				return nil, err
-			}
-			out.http = append(out.http, httpPort{p.Port, name})
-		} else if filter, err = tcpFilter(name); err != nil {
+			out.http = append(out.http, httpPort{p.Port, name, svc.ClusterIPs})
+			continue
+		}
+		filter, err := tcpFilter(name)
+		if err != nil {
 			return nil, err
 		}
 		for _, vip := range svc.ClusterIPs {
-			k := listenerKey{wildcard(vip), p.Port}
-			out.chains[k] = append(out.chains[k], &listenerv3.FilterChain{
-				Name: fmt.Sprintf("%s_%d", vip, p.Port),
-				FilterChainMatch: &listenerv3.FilterChainMatch{PrefixRanges: []*corev3.CidrRange{{
-					AddressPrefix: vip.String(),
-					PrefixLen:     wrapperspb.UInt32(uint32(vip.BitLen())),
-				}}},
-				Filters: []*listenerv3.Filter{filter},
-			})
+			l, err := newVersioned(outboundListener(ListenerName(vip, p.Port), vip.String(), p.Port,
+				&listenerv3.FilterChain{Filters: []*listenerv3.Filter{filter}}))
+			if err != nil {
+				return nil, err
+			}
+			out.listeners = append(out.listeners, l)
 		}
 	}
 	return out, nil
@@ -332,20 +351,21 @@ func (b *builder) loadAssignments(svc services.ServiceView) ([]versioned, error)
 }
 
 // listenersAndRoutes assembles the listeners and route configurations from every service's
-// filter chains and HTTP ports, in the order of service keys.
+// listeners and HTTP ports, in the order of service keys.
 func (b *builder) listenersAndRoutes(all map[string]*built) (listeners, routes []versioned, err error) {
 	keys := slices.Sorted(maps.Keys(all))
-	chains := map[listenerKey][]*listenerv3.FilterChain{}
+	httpPorts := map[listenerKey]bool{}
 	shortNames := map[uint16]map[string]int{} // how many HTTP services on a port share a short name
 	for _, key := range keys {
-		for k, cs := range all[key].chains {
-			chains[k] = append(chains[k], cs...)
-		}
+		listeners = append(listeners, all[key].listeners...)
 		for _, h := range all[key].http {
 			if shortNames[h.port] == nil {
 				shortNames[h.port] = map[string]int{}
 			}
 			shortNames[h.port][all[key].svc.Name]++
+			for _, vip := range h.vips {
+				httpPorts[listenerKey{wildcard(vip), h.port}] = true
+			}
 		}
 	}
 	vhosts := map[uint16][]*routev3.VirtualHost{}
@@ -355,10 +375,15 @@ func (b *builder) listenersAndRoutes(all map[string]*built) (listeners, routes [
 			vhosts[h.port] = append(vhosts[h.port], virtualHost(svc, h.port, h.cluster, shortNames[h.port][svc.Name] == 1))
 		}
 	}
-	for _, k := range sortedKeys(chains, func(a, b listenerKey) int {
+	for _, k := range sortedKeys(httpPorts, func(a, b listenerKey) int {
 		return cmp.Or(cmp.Compare(a.port, b.port), strings.Compare(a.wildcard, b.wildcard))
 	}) {
-		l, err := newVersioned(outboundListener(k, chains[k]))
+		filter, err := httpFilter(k.port)
+		if err != nil {
+			return nil, nil, err
+		}
+		l, err := newVersioned(outboundListener(k.name(), strings.Trim(k.wildcard, "[]"), k.port,
+			&listenerv3.FilterChain{Filters: []*listenerv3.Filter{filter}}))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -367,7 +392,7 @@ func (b *builder) listenersAndRoutes(all map[string]*built) (listeners, routes [
 	for _, port := range sortedKeys(vhosts, cmp.Compare[uint16]) {
 		r, err := newVersioned(&routev3.RouteConfiguration{
 			Name:             RouteName(port),
-			VirtualHosts:     vhosts[port],
+			VirtualHosts:     append(vhosts[port], allowAny()),
 			ValidateClusters: wrapperspb.Bool(false),
 		})
 		if err != nil {
@@ -428,16 +453,38 @@ func socketAddress(ip string, port uint16) *corev3.Address {
 	}}}
 }
 
-// outboundListener is Istio's virtual outbound listener: it does not bind, it only matches
-// connections to the port by destination VIP.
-func outboundListener(k listenerKey, chains []*listenerv3.FilterChain) *listenerv3.Listener {
+// outboundListener is Istio's virtual outbound listener: it does not bind; the proxy's
+// catch-all listener hands it the connections to its address (a VIP, or any address) and port.
+func outboundListener(name, addr string, port uint16, chains ...*listenerv3.FilterChain) *listenerv3.Listener {
 	return &listenerv3.Listener{
-		Name:             k.name(),
-		Address:          socketAddress(strings.Trim(k.wildcard, "[]"), k.port),
+		Name:             name,
+		Address:          socketAddress(addr, port),
 		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
 		BindToPort:       wrapperspb.Bool(false),
 		FilterChains:     chains,
 	}
+}
+
+// allowAny is istiod's last virtual host of every HTTP port (outboundTrafficPolicy ALLOW_ANY):
+// any other host goes to its original destination.
+func allowAny() *routev3.VirtualHost {
+	return &routev3.VirtualHost{Name: "allow_any", Domains: []string{"*"}, Routes: []*routev3.Route{{
+		Name:  "allow_any",
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: PassthroughCluster},
+		}},
+	}}}
+}
+
+// passthroughCluster is istiod's cluster of the original destination.
+func passthroughCluster() (versioned, error) {
+	return newVersioned(&clusterv3.Cluster{
+		Name:                 PassthroughCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       durationpb.New(10 * time.Second),
+	})
 }
 
 func tcpFilter(cluster string) (*listenerv3.Filter, error) {

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -13,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -36,11 +38,23 @@ type config struct {
 	nodeID, xdsAddr, cgroup, bpffs, metricsAddr, adminSocket, logLevel, pprofAddr string
 	delta, trackConns, uninstall                                                  bool
 	memoryLimit                                                                   int64 // bytes; 0: none
+	mode                                                                          string
+	id                                                                            xds.Identity
 }
 
-func envOr(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
+// Modes of taking configuration from the control plane.
+const (
+	modeEnvoy    = "envoy"    // Envoy xDS (LDS, RDS, CDS, EDS), as istiod serves a sidecar
+	modeWorkload = "workload" // Istio's ambient workload API, as istiod serves ztunnel
+)
+
+// envOr returns the first of the environment variables that is set, else def. Later names are
+// the ones Istio's own DaemonSets set (POD_NAME, INSTANCE_IP, ...).
+func envOr(def string, names ...string) string {
+	for _, n := range names {
+		if v, ok := os.LookupEnv(n); ok {
+			return v
+		}
 	}
 	return def
 }
@@ -48,23 +62,34 @@ func envOr(name, def string) string {
 func parseFlags(args []string) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("onehop-agent", flag.ContinueOnError)
-	fs.StringVar(&c.nodeID, "node-id", envOr("ONEHOP_NODE_ID", ""), "xDS node id, e.g. the node name [ONEHOP_NODE_ID]")
-	fs.StringVar(&c.xdsAddr, "xds-address", envOr("ONEHOP_XDS_ADDRESS", "istiod.istio-system.svc:15010"), "xDS server host:port (ADS, plaintext gRPC) [ONEHOP_XDS_ADDRESS]")
-	fs.StringVar(&c.cgroup, "cgroup", envOr("ONEHOP_CGROUP", "/sys/fs/cgroup"), "cgroup v2 directory whose processes are served [ONEHOP_CGROUP]")
-	fs.StringVar(&c.bpffs, "bpffs", envOr("ONEHOP_BPFFS", "/sys/fs/bpf/onehop"),
+	fs.StringVar(&c.nodeID, "node-id", envOr("", "ONEHOP_NODE_ID", "NODE_NAME"),
+		"the node's name; or, with '~' in it, the whole xDS node id as istiod parses it (<type>~<ip>~<pod>.<ns>~<ns>.svc.<domain>) [ONEHOP_NODE_ID, NODE_NAME]")
+	fs.StringVar(&c.mode, "xds-mode", envOr(modeEnvoy, "ONEHOP_XDS_MODE"),
+		"envoy: Envoy xDS as istiod serves a sidecar (one namespace's view: --pod-namespace); workload: Istio's ambient workload API as istiod serves ztunnel (the whole mesh, with waypoints) [ONEHOP_XDS_MODE]")
+	fs.StringVar(&c.id.ProxyType, "proxy-type", envOr("", "ONEHOP_PROXY_TYPE"), "the node type told to istiod: sidecar (default in envoy mode) or ztunnel (workload mode) [ONEHOP_PROXY_TYPE]")
+	nodeIP := fs.String("node-ip", envOr("", "ONEHOP_NODE_IP", "INSTANCE_IP"), "the agent's IP told to istiod; default: the host's first global unicast address [ONEHOP_NODE_IP, INSTANCE_IP]")
+	fs.StringVar(&c.id.PodName, "pod-name", envOr("", "ONEHOP_POD_NAME", "POD_NAME"), "the agent's pod name told to istiod; default: onehop-agent-<node> [ONEHOP_POD_NAME, POD_NAME]")
+	fs.StringVar(&c.id.Namespace, "pod-namespace", envOr("istio-system", "ONEHOP_POD_NAMESPACE", "POD_NAMESPACE"),
+		"the agent's namespace told to istiod: in envoy mode the agent sees the services exported to it [ONEHOP_POD_NAMESPACE, POD_NAMESPACE]")
+	fs.StringVar(&c.id.ClusterID, "cluster-id", envOr("Kubernetes", "ONEHOP_CLUSTER_ID", "CLUSTER_ID"), "istiod's name of this cluster (CLUSTER_ID; without it istiod withholds cluster-local endpoints) [ONEHOP_CLUSTER_ID, CLUSTER_ID]")
+	fs.StringVar(&c.id.DNSDomain, "dns-domain", envOr("cluster.local", "ONEHOP_DNS_DOMAIN"), "the cluster's DNS domain [ONEHOP_DNS_DOMAIN]")
+	fs.StringVar(&c.id.Version, "istio-version", envOr(xds.IstioVersion, "ONEHOP_ISTIO_VERSION"), "ISTIO_VERSION told to istiod [ONEHOP_ISTIO_VERSION]")
+	fs.StringVar(&c.xdsAddr, "xds-address", envOr("istiod.istio-system.svc:15010", "ONEHOP_XDS_ADDRESS"), "xDS server host:port (ADS, plaintext gRPC) [ONEHOP_XDS_ADDRESS]")
+	fs.StringVar(&c.cgroup, "cgroup", envOr("/sys/fs/cgroup", "ONEHOP_CGROUP"), "cgroup v2 directory whose processes are served [ONEHOP_CGROUP]")
+	fs.StringVar(&c.bpffs, "bpffs", envOr("/sys/fs/bpf/onehop", "ONEHOP_BPFFS"),
 		"bpffs directory where maps and program links are pinned: they outlive the agent, which adopts them when it starts again, "+
 			"so a restart does not interrupt traffic; empty: nothing pinned, programs detach when the agent exits [ONEHOP_BPFFS]")
 	fs.BoolVar(&c.uninstall, "uninstall", false,
 		"detach the programs pinned under --bpffs and remove every onehop pin there, check nothing of onehop's is left attached to --cgroup, and exit")
-	fs.StringVar(&c.metricsAddr, "metrics-address", envOr("ONEHOP_METRICS_ADDRESS", ":15020"), "address of /healthz, /readyz, /metrics; empty disables [ONEHOP_METRICS_ADDRESS]")
-	fs.StringVar(&c.adminSocket, "admin-socket", envOr("ONEHOP_ADMIN_SOCKET", "/run/onehop/agent.sock"), "unix socket of the same API plus /enroll [ONEHOP_ADMIN_SOCKET]")
-	fs.StringVar(&c.pprofAddr, "pprof-address", envOr("ONEHOP_PPROF_ADDRESS", ""), "address of Go's /debug/pprof/ (profiling); empty disables [ONEHOP_PPROF_ADDRESS]")
-	fs.StringVar(&c.logLevel, "log-level", envOr("ONEHOP_LOG_LEVEL", "info"), "debug, info, warn or error [ONEHOP_LOG_LEVEL]")
-	track, _ := strconv.ParseBool(envOr("ONEHOP_TRACK_CONNECTIONS", "true"))
+	fs.StringVar(&c.metricsAddr, "metrics-address", envOr(":15020", "ONEHOP_METRICS_ADDRESS"), "address of /healthz, /readyz, /metrics; empty disables [ONEHOP_METRICS_ADDRESS]")
+	fs.StringVar(&c.adminSocket, "admin-socket", envOr("/run/onehop/agent.sock", "ONEHOP_ADMIN_SOCKET"), "unix socket of the same API plus /enroll [ONEHOP_ADMIN_SOCKET]")
+	fs.StringVar(&c.pprofAddr, "pprof-address", envOr("", "ONEHOP_PPROF_ADDRESS"), "address of Go's /debug/pprof/ (profiling); empty disables [ONEHOP_PPROF_ADDRESS]")
+	fs.StringVar(&c.logLevel, "log-level", envOr("info", "ONEHOP_LOG_LEVEL"), "debug, info, warn or error [ONEHOP_LOG_LEVEL]")
+	track, _ := strconv.ParseBool(envOr("true", "ONEHOP_TRACK_CONNECTIONS"))
 	fs.BoolVar(&c.trackConns, "track-connections", track, "track established connections with sockops (costs a few percent of a new connection's latency) [ONEHOP_TRACK_CONNECTIONS]")
-	delta, _ := strconv.ParseBool(envOr("ONEHOP_XDS_DELTA", "false"))
+	delta, _ := strconv.ParseBool(envOr("false", "ONEHOP_XDS_DELTA"))
 	fs.BoolVar(&c.delta, "delta", delta, "use incremental (Delta) xDS instead of State-of-the-World [ONEHOP_XDS_DELTA]")
-	memLimit := fs.String("memory-limit", envOr("ONEHOP_MEMORY_LIMIT", defaultMemoryLimit),
+	memLimit := fs.String("memory-limit", envOr(defaultMemoryLimit, "ONEHOP_MEMORY_LIMIT"),
 		"soft limit of the agent's Go memory, e.g. 75MiB or 1GiB; 0 disables; GOMEMLIMIT, when set, wins [ONEHOP_MEMORY_LIMIT]")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -76,10 +101,56 @@ func parseFlags(args []string) (config, error) {
 	if c.uninstall && c.bpffs == "" {
 		return c, errors.New("--uninstall needs --bpffs: the directory the agent pinned in")
 	}
-	if c.nodeID == "" && !c.uninstall {
+	if c.uninstall {
+		return c, nil
+	}
+	if c.nodeID == "" {
 		return c, errors.New("--node-id is required (the node's name, as the control plane knows it)")
 	}
+	if err := c.identity(*nodeIP); err != nil {
+		return c, err
+	}
 	return c, nil
+}
+
+// identity completes c.id from the flags and their defaults and checks it.
+func (c *config) identity(nodeIP string) error {
+	switch c.mode {
+	case modeEnvoy:
+		c.id.ProxyType = cmp.Or(c.id.ProxyType, "sidecar")
+	case modeWorkload:
+		c.id.ProxyType = cmp.Or(c.id.ProxyType, "ztunnel")
+		if c.id.ProxyType != "ztunnel" {
+			return fmt.Errorf("--proxy-type %s: istiod serves the workload API to ztunnel nodes only", c.id.ProxyType)
+		}
+		if !c.delta {
+			c.delta = true // the workload API is Delta only
+		}
+	default:
+		return fmt.Errorf("--xds-mode %q: want %s or %s", c.mode, modeEnvoy, modeWorkload)
+	}
+	c.id.NodeName = c.nodeID
+	if strings.Contains(c.nodeID, "~") {
+		c.id.RawID = c.nodeID
+		c.id.NodeName = ""
+	}
+	c.id.PodName = cmp.Or(c.id.PodName, "onehop-agent-"+c.nodeID)
+	var err error
+	if nodeIP != "" {
+		if c.id.IP, err = netip.ParseAddr(nodeIP); err != nil {
+			return fmt.Errorf("--node-ip %q is not an IP", nodeIP)
+		}
+	} else if c.id.RawID == "" {
+		// istiod uses a sidecar's IP to find its own inbound services, which a node agent
+		// has none of: without a global address, loopback identifies it as well.
+		if c.id.IP, err = xds.HostIP(); err != nil {
+			c.id.IP = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		}
+	}
+	if err := c.id.Check(); err != nil {
+		return fmt.Errorf("node identity: %w", err)
+	}
+	return nil
 }
 
 // defaultMemoryLimit keeps the agent under 100 MB resident with 10,000 services of 10
@@ -177,16 +248,24 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 		return err
 	}
-	client := &xds.Client{Addr: cfg.xdsAddr, NodeID: cfg.nodeID, Delta: cfg.delta, Log: log.With("component", "xds"),
-		Metrics: xds.NewMetrics(reg),
-		Apply: func(c model.Config) error {
-			return program(c, func() (datapath.ApplyStats, error) { return dp.Programmer.Apply(c) })
-		},
-		ApplyChanged: func(c model.Config, changed []model.Key) error {
-			return program(c, func() (datapath.ApplyStats, error) { return dp.Programmer.ApplyChanged(c, changed) })
-		}}
+	apply := func(c model.Config) error {
+		return program(c, func() (datapath.ApplyStats, error) { return dp.Programmer.Apply(c) })
+	}
+	applyChanged := func(c model.Config, changed []model.Key) error {
+		return program(c, func() (datapath.ApplyStats, error) { return dp.Programmer.ApplyChanged(c, changed) })
+	}
+	node := cfg.id.Node()
+	client := &xds.Client{Addr: cfg.xdsAddr, Node: node, Delta: cfg.delta, Log: log.With("component", "xds"),
+		Metrics: xds.NewMetrics(reg), Adopted: dp.Adopted().Services, Apply: apply, ApplyChanged: applyChanged}
 	srv := &agent.Server{Enroller: dp.Enrollment, Ready: client.Ready, Healthy: func() error { return nil }, Registry: reg, Log: log,
-		Status: func() any { return dp.Programmer.Programmed() }}
+		Status: func() any { return dp.Programmer.Programmed() },
+		Config: func() any {
+			st := xdsStatus{Mode: cfg.mode, NodeID: node.GetId(), Delta: cfg.delta, Report: client.Report(), HeldEmpty: client.HeldEmpty()}
+			if err := client.LastError(); err != nil {
+				st.LastError = err.Error()
+			}
+			return st
+		}}
 	var servers []*http.Server
 	serve := func(l net.Listener) {
 		s := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
@@ -224,7 +303,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 		serve(l)
 	}
-	log.Info("connecting to the control plane", "xds", cfg.xdsAddr, "delta", cfg.delta)
+	log.Info("connecting to the control plane", "xds", cfg.xdsAddr, "mode", cfg.mode, "delta", cfg.delta, "node_id", node.GetId())
 	err = client.Run(ctx)
 	for _, s := range servers {
 		s.Close()
@@ -238,6 +317,18 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return nil
 	}
 	return err
+}
+
+// xdsStatus is the control plane side of /status.
+type xdsStatus struct {
+	Mode      string `json:"mode"`
+	NodeID    string `json:"node_id"`
+	Delta     bool   `json:"delta"`
+	LastError string `json:"last_error,omitempty"`
+	// HeldEmpty: the control plane's first config had no service and was not applied, keeping
+	// the services an earlier agent pinned (see xds.Client.Adopted).
+	HeldEmpty bool `json:"held_empty_config,omitempty"`
+	xds.Report
 }
 
 func logAdopted(log *slog.Logger, pinDir string, a datapath.Adopted) {

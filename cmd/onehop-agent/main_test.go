@@ -43,3 +43,49 @@ func TestParseBytes(t *testing.T) {
 		}
 	}
 }
+
+// The README's istiod example gives istiod the node id and metadata it accepts; bad identities
+// are refused with the flag to fix.
+func TestIstioIdentity(t *testing.T) {
+	c, err := parseFlags([]string{"--node-id", "n1", "--node-ip", "10.0.0.7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := c.id.Node()
+	if got, want := node.GetId(), "sidecar~10.0.0.7~onehop-agent-n1.istio-system~istio-system.svc.cluster.local"; got != want {
+		t.Errorf("node id %q, want %q", got, want)
+	}
+	md := node.GetMetadata().GetFields()
+	for k, want := range map[string]string{"CLUSTER_ID": "Kubernetes", "NAMESPACE": "istio-system", "NODE_NAME": "n1", "INSTANCE_IPS": "10.0.0.7"} {
+		if got := md[k].GetStringValue(); got != want {
+			t.Errorf("metadata %s = %q, want %q", k, got, want)
+		}
+	}
+	if md["ISTIO_VERSION"].GetStringValue() == "" {
+		t.Error("no ISTIO_VERSION in the metadata")
+	}
+	t.Setenv("POD_NAME", "onehop-agent-x7k2")
+	t.Setenv("POD_NAMESPACE", "onehop-system")
+	c, err = parseFlags([]string{"--node-id", "n1", "--node-ip", "10.0.0.7", "--xds-mode", "workload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.id.ID(), "ztunnel~10.0.0.7~onehop-agent-x7k2.onehop-system~onehop-system.svc.cluster.local"; got != want || !c.delta {
+		t.Errorf("workload mode: node id %q (want %q), delta %v (want true)", got, want, c.delta)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--node-id", "n1", "--node-ip", "10.0.0.7", "--proxy-type", "router"}, `proxy type "router"`},
+		{[]string{"--node-id", "n1", "--node-ip", "10.0.0.7", "--xds-mode", "workload", "--proxy-type", "sidecar"}, "ztunnel nodes only"},
+		{[]string{"--node-id", "n1", "--node-ip", "10.0.0.7", "--xds-mode", "lds"}, `--xds-mode "lds"`},
+		{[]string{"--node-id", "n1", "--node-ip", "nope"}, `--node-ip "nope" is not an IP`},
+		{[]string{"--node-id", "sidecar~10.0.0.7~x", "--node-ip", "10.0.0.7"}, "node id"},
+		{[]string{"--node-id", "n1", "--node-ip", "10.0.0.7", "--cluster-id", ""}, "cluster id"},
+	} {
+		if _, err := parseFlags(tc.args); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseFlags(%q) = %v, want an error containing %q", tc.args, err, tc.want)
+		}
+	}
+}

@@ -28,16 +28,17 @@ type Enroller interface {
 // Server is the agent's HTTP surface:
 //
 //	GET  /healthz  200 while the programs are attached
-//	GET  /readyz   200 once the first xDS config is programmed
+//	GET  /readyz   200 once everything of the config that can be programmed is programmed
 //	GET  /metrics  Prometheus metrics
-//	GET  /status   JSON summary: ready, and what Status returns (cheap enough to poll)
+//	GET  /status   JSON summary: ready, what Status and Config return (cheap enough to poll)
 //	POST /enroll   {"netns": "/run/netns/x"}: serve that pod's connections
 //	DELETE /enroll {"netns": ...}: stop serving them; GET /enroll lists enrolled namespaces
 type Server struct {
 	Enroller Enroller
 	Ready    func() bool
 	Healthy  func() error
-	Status   func() any // optional: what /status reports beside readiness
+	Status   func() any // optional: what /status reports beside readiness, as "programmed"
+	Config   func() any // optional: the control plane side (identity, rejected services, ...), as "xds"
 	Registry *prometheus.Registry
 	Log      *slog.Logger
 
@@ -57,6 +58,7 @@ func Client(sock string) *http.Client {
 type StatusReply struct {
 	Ready      bool `json:"ready"`
 	Programmed any  `json:"programmed,omitempty"`
+	XDS        any  `json:"xds,omitempty"`
 }
 
 // EnrollRequest is the body of /enroll.
@@ -76,7 +78,7 @@ func (s *Server) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !s.Ready() {
-			http.Error(w, "waiting for the first xDS config to be programmed", http.StatusServiceUnavailable)
+			http.Error(w, "waiting for a complete xDS config to be programmed (GET /status tells what is missing or rejected)", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
@@ -85,6 +87,9 @@ func (s *Server) Handler() http.Handler {
 		st := StatusReply{Ready: s.Ready()}
 		if s.Status != nil {
 			st.Programmed = s.Status()
+		}
+		if s.Config != nil {
+			st.XDS = s.Config()
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(st)

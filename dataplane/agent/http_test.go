@@ -29,7 +29,7 @@ func TestStatusAndReadiness(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "first xDS config") {
+	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "complete xDS config") {
 		t.Errorf("/readyz before ready = %d %q", code, body)
 	}
 	ready.Store(true)

@@ -358,3 +358,29 @@ func TestNoConnTrackingStillBalances(t *testing.T) {
 		}
 	}
 }
+
+// A service with no endpoints (scaled to zero) refuses connect()s at once with ECONNREFUSED,
+// as kube-proxy's REJECT does, whatever the VIP would reach without onehop; when endpoints come
+// back it balances again.
+func TestServiceWithoutEndpointsRefusesConnectFast(t *testing.T) {
+	l := newLab(t, testOptions)
+	bs := l.backends("127.0.0.2")
+	// Without onehop this VIP would reach the backend directly: it must not.
+	empty := service(bs[0].addr.String(), model.Random) // no priority levels at all
+	emptyLevel := service("10.96.201.2:80", model.Random, nil)
+	l.apply(empty, emptyLevel)
+	for _, target := range []string{bs[0].addr.String(), "10.96.201.2:80"} {
+		for _, r := range l.connects(clientJob{Target: target, Count: 5}) {
+			if !strings.Contains(r.Err, "connection refused") {
+				t.Fatalf("connect to %s (no endpoints) = %+v, want connection refused", target, r)
+			}
+			if d := time.Duration(r.End - r.Start); d > 50*time.Millisecond {
+				t.Errorf("refusing took %v: want it at once", d)
+			}
+		}
+	}
+	l.apply(service(bs[0].addr.String(), model.Random, bs))
+	if got := byBackend(t, l.connects(clientJob{Target: bs[0].addr.String(), Count: 3})); got[bs[0].name] != 3 {
+		t.Fatalf("after endpoints came back: %v", got)
+	}
+}

@@ -193,7 +193,6 @@ func TestInvalidApplyChangesNothing(t *testing.T) {
 		key     model.Key // where the first invalid service is listed (default: its Key)
 		wantErr string
 	}{
-		{"no endpoints", []model.Service{svc("10.96.9.1:80", model.Random, []model.Endpoint{})}, model.Key{}, "svc-10.96.9.1:80"},
 		{"endpoint of the other family", []model.Service{svc("10.96.9.2:80", model.Random, []model.Endpoint{ep("[fd00::1]:80", 1)})}, model.Key{}, "svc-10.96.9.2:80"},
 		{"zero weight", []model.Service{svc("10.96.9.3:80", model.Random, []model.Endpoint{ep("10.0.0.1:80", 0)})}, model.Key{}, "svc-10.96.9.3:80"},
 		{"five priority levels", []model.Service{svc("10.96.9.4:80", model.Random, nil, nil, nil, nil, []model.Endpoint{ep("10.0.0.1:80", 1)})}, model.Key{}, "svc-10.96.9.4:80"},

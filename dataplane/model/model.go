@@ -64,7 +64,8 @@ type Endpoint struct {
 
 // Service is one frontend and what it balances over. Priorities[0] is used while it has
 // endpoints; the next level only when every level before it is empty. Only healthy endpoints
-// belong here: health is applied when the model is built.
+// belong here: health is applied when the model is built. A service with no endpoints at all
+// refuses connections (ECONNREFUSED at connect()).
 type Service struct {
 	Key        Key
 	Name       string // for logs and metrics, e.g. the xDS cluster or listener name
@@ -85,7 +86,6 @@ func (s Service) Validate() error {
 	if len(s.Priorities) > MaxPriorities {
 		return fmt.Errorf("service %s (%s): %d priority levels, at most %d are supported", s.Name, s.Key, len(s.Priorities), MaxPriorities)
 	}
-	total := 0
 	for p, eps := range s.Priorities {
 		for _, e := range eps {
 			if e.Weight == 0 || e.Weight > MaxWeight {
@@ -98,11 +98,9 @@ func (s Service) Validate() error {
 		if len(eps) > MaxSlots {
 			return fmt.Errorf("service %s (%s): priority %d has %d endpoints, at most %d are supported", s.Name, s.Key, p, len(eps), MaxSlots)
 		}
-		total += len(eps)
 	}
-	if total == 0 {
-		return fmt.Errorf("service %s (%s): no endpoints", s.Name, s.Key)
-	}
+	// No endpoints is valid: the kernel refuses connect()s to the VIP (a service scaled to
+	// zero), rather than leaving them to whatever the VIP would reach without onehop.
 	return nil
 }
 

@@ -37,8 +37,9 @@ const (
 	maxResponseBytes = 256 << 20
 )
 
-// Backoff bounds the wait before reconnecting, and before re-NACKing a response the control
-// plane sends again unchanged. Zero values mean 250ms and 30s.
+// Backoff bounds the wait before reconnecting. Zero values mean 250ms and 30s. Responses are
+// always answered at once, NACKs included: a control plane that resends a rejected config is
+// answered as fast as one that corrects it, so the correction is never held back.
 type Backoff struct {
 	Min, Max time.Duration
 }
@@ -67,7 +68,16 @@ type Client struct {
 	Addr    string // host:port of the ADS server (plaintext gRPC: loopback or a lab namespace)
 	NodeID  string
 	Cluster string
-	Delta   bool // Delta xDS instead of State of the World
+	// Node, when set, is sent as is (istiod wants its own id format and metadata); otherwise
+	// a node of NodeID and Cluster.
+	Node  *corev3.Node
+	Delta bool // Delta xDS instead of State of the World
+	// Adopted is how many services the data plane held when the client started (pinned by an
+	// earlier agent). A first config with no service at all is then not applied: it would take
+	// every one of them down, and it is what a control plane sends a node it does not know
+	// (a wrong identity) as much as a mesh with no service. It is reported and waits for a
+	// config with services.
+	Adopted int
 	// Apply programs a config: the whole desired state, not a change, so it diffs against
 	// what it programmed. It is called when the config changes, always for the first one
 	// (including an empty one) and again after it failed. An error NACKs the update that
@@ -86,6 +96,8 @@ type Client struct {
 	mu      sync.Mutex
 	ready   bool
 	lastErr error
+	report  Report
+	held    bool // an empty first config was held back (see Adopted)
 
 	// Owned by Run: the accepted state outlives streams, so a reconnect starts from it.
 	acc     *accepted
@@ -94,6 +106,10 @@ type Client struct {
 	// indexed: the Translator's index is of the accepted state, so an endpoint update can
 	// re-translate only the services it feeds.
 	indexed bool
+	// stillRejected is, per type, the rejection of the last response of that type that was
+	// partly rejected, while the accepted state still holds it: a resend that changes nothing
+	// is NACKed again, not ACKed.
+	stillRejected map[string]error
 }
 
 // Ready reports whether a complete config has been applied: clusters and listeners received,
@@ -111,6 +127,21 @@ func (c *Client) LastError() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.lastErr
+}
+
+// Report is what the applied config could not program as the control plane asked: services
+// rejected (not programmed, or kept as they were) and services that need a waypoint.
+func (c *Client) Report() Report {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.report
+}
+
+// HeldEmpty reports whether an empty first config is being held back (see Adopted).
+func (c *Client) HeldEmpty() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.held
 }
 
 func (c *Client) setErr(err error) {
@@ -174,7 +205,10 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 	defer cancel()
 
 	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
-	node := &corev3.Node{Id: c.NodeID, Cluster: c.Cluster, UserAgentName: "onehop-agent"}
+	node := c.Node
+	if node == nil {
+		node = &corev3.Node{Id: c.NodeID, Cluster: c.Cluster, UserAgentName: "onehop-agent"}
+	}
 	var s stream
 	if c.Delta {
 		ds, err := ads.DeltaAggregatedResources(ctx)
@@ -195,7 +229,7 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 	}
 	c.Metrics.setConnected(true)
 	c.log().Info("xDS stream open", "addr", c.Addr, "delta", c.Delta, "node", c.NodeID)
-	st := &streamState{seen: map[string]bool{}, nacks: map[string]nackRun{}}
+	st := &streamState{seen: map[string]bool{}, nacks: map[string]string{}}
 	for {
 		r, err := s.recv()
 		if err != nil {
@@ -210,57 +244,55 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 
 // streamState is what the client remembers about one stream.
 type streamState struct {
-	seen  map[string]bool    // types accepted on this stream
-	nacks map[string]nackRun // per type, the NACK reason being repeated
-}
-
-type nackRun struct {
-	reason string
-	n      int
+	seen  map[string]bool   // types accepted on this stream
+	nacks map[string]string // per type, the NACK reason last logged
 }
 
 // handle accepts or rejects one response and sends the ACK or NACK, then any subscription
-// change the accepted resources call for.
+// change the accepted resources call for. A response some of whose services cannot be
+// programmed is accepted for the rest (they are programmed) and NACKed with the others.
 func (c *Client) handle(ctx context.Context, s stream, st *streamState, r *response) error {
-	cand, cfg, applied, err := c.evaluate(st, r)
+	cand, cfg, applied, rejected, err := c.evaluate(st, r)
 	log := c.log().With("type", typeLabel(r.typeURL), "version", r.version, "nonce", r.nonce)
 	if err != nil {
 		c.Metrics.update(r.typeURL, false)
 		c.setErr(fmt.Errorf("rejected %s version %q: %w", typeLabel(r.typeURL), r.version, err))
-		log.Warn("xDS update rejected (NACK)", "err", err)
-		// Control planes answer a NACK by resending what they have, at once: a bad version
-		// would spin. Repeating the same rejection waits with backoff.
-		run := st.nacks[r.typeURL]
-		if run.reason == err.Error() {
-			run.n++
-			if !sleep(ctx, c.Backoff.delay(run.n-1)) {
-				return ctx.Err()
-			}
-		} else {
-			run = nackRun{reason: err.Error()}
-		}
-		st.nacks[r.typeURL] = run
+		c.logNACK(log, st, r.typeURL, "xDS update rejected (NACK)", err)
 		return s.nack(r, err)
 	}
 	c.acc.commit(cand, r)
 	c.applied = cfg
 	c.indexed = c.acc.tr.idx != nil // a full Translate of what was just accepted, or an update of one
 	st.seen[r.typeURL] = true
-	delete(st.nacks, r.typeURL)
-	c.Metrics.update(r.typeURL, true)
+	c.Metrics.update(r.typeURL, rejected == nil)
 	// New clusters or listeners change which endpoint assignments and routes to follow.
 	w, fresh := c.acc.wanted()
 	c.mu.Lock()
-	c.lastErr = nil
-	c.ready = c.ready || c.acc.complete(w)
+	if rejected != nil {
+		c.lastErr = fmt.Errorf("partly rejected %s version %q: %w", typeLabel(r.typeURL), r.version, rejected)
+	} else {
+		c.lastErr = nil
+	}
+	if c.inSync {
+		c.report = c.acc.tr.Report()
+	}
+	c.ready = c.ready || (c.inSync && c.acc.complete(w))
 	c.mu.Unlock()
+	c.Metrics.setReport(c.Report())
 	if applied {
 		c.Metrics.receiptToProgrammed(r.typeURL, time.Since(r.arrived))
-		log.Info("xDS update applied (ACK)", "services", len(cfg.Services))
+		log.Info("xDS update applied", "services", len(cfg.Services), "nack", rejected != nil)
 	} else {
-		log.Debug("xDS update accepted, config unchanged (ACK)")
+		log.Debug("xDS update accepted, config unchanged")
 	}
-	if err := s.ack(r); err != nil {
+	if rejected != nil {
+		c.logNACK(log, st, r.typeURL, "xDS update partly rejected (NACK): the rest is programmed", rejected)
+		err = s.nack(r, rejected)
+	} else {
+		delete(st.nacks, r.typeURL)
+		err = s.ack(r)
+	}
+	if err != nil {
 		return err
 	}
 	if !applied {
@@ -279,11 +311,23 @@ func (c *Client) handle(ctx context.Context, s stream, st *streamState, r *respo
 	return nil
 }
 
+// logNACK logs a NACK, at warning level when its reason is new: a control plane that resends
+// a rejected config gets the same NACK each time, and the log says it once.
+func (c *Client) logNACK(log *slog.Logger, st *streamState, typ, msg string, err error) {
+	if st.nacks[typ] == err.Error() {
+		log.Debug(msg+" (again)", "err", err)
+		return
+	}
+	st.nacks[typ] = err.Error()
+	log.Warn(msg, "err", err)
+}
+
 // evaluate builds the state the response would make, translates it and applies the result
-// if it changed.
-func (c *Client) evaluate(st *streamState, r *response) (cand State, cfg model.Config, applied bool, err error) {
+// if it changed. rejected, when not nil, names the services the response asked for that
+// could not be programmed: the rest was, and the response is to be NACKed with it.
+func (c *Client) evaluate(st *streamState, r *response) (cand State, cfg model.Config, applied bool, rejected, err error) {
 	if r.err != nil {
-		return State{}, model.Config{}, false, r.err
+		return State{}, model.Config{}, false, nil, r.err
 	}
 	cand, changed := c.acc.candidate(r)
 	r.changed = changed
@@ -297,28 +341,55 @@ func (c *Client) evaluate(st *streamState, r *response) (cand State, cfg model.C
 	if c.indexed && (len(changed) == 0 || r.typeURL == resourcev3.EndpointType) {
 		if len(changed) == 0 {
 			cfg, incremental = c.applied, true
-		} else if cfg, diff, incremental, err = c.acc.tr.UpdateEndpoints(&cand, changed); err != nil {
-			return State{}, model.Config{}, false, err
+		} else {
+			cfg, diff, incremental, err = c.acc.tr.UpdateEndpoints(&cand, changed)
 		}
 	}
 	if !incremental {
 		c.indexed = false
-		if cfg, err = c.acc.tr.Translate(&cand); err != nil {
-			return State{}, model.Config{}, false, err
-		}
+		cfg, err = c.acc.tr.Translate(&cand)
+	}
+	var rej *RejectedError
+	if errors.As(err, &rej) {
+		rejected, err = rej, nil // partial: program the rest
+	}
+	if err != nil {
+		return State{}, model.Config{}, false, nil, err
+	}
+	if c.stillRejected == nil {
+		c.stillRejected = map[string]error{}
+	}
+	switch {
+	case incremental && len(changed) == 0:
+		rejected = c.stillRejected[r.typeURL]
+	case !incremental && rejected == nil:
+		clear(c.stillRejected) // the whole state translates: nothing is rejected any more
+	default:
+		c.stillRejected[r.typeURL] = rejected
 	}
 	// A new client holds back until the config is complete: applying the clusters before the
 	// listeners (or a listener before its routes and endpoints) would take services out of maps
 	// that an earlier agent left programmed and that are serving traffic right now.
 	if !c.inSync && !c.acc.completes(&cand, st.seen, r.typeURL) {
-		return cand, cfg, false, nil
+		return cand, cfg, false, rejected, nil
+	}
+	if !c.inSync && len(cfg.Services) == 0 && c.Adopted > 0 {
+		c.mu.Lock()
+		first := !c.held
+		c.held = true
+		c.mu.Unlock()
+		if first {
+			c.log().Warn("the control plane's first config has no service at all: not applied, the services pinned by the previous agent stay programmed "+
+				"(is the node identity right? a proxy type or namespace istiod does not serve gets an empty config)", "adopted_services", c.Adopted)
+		}
+		return cand, cfg, false, rejected, nil
 	}
 	// Most responses change nothing the kernel sees (new versions of unchanged resources,
 	// health changes of endpoints already out): Apply only a changed config. The first one
 	// is always applied, to replace whatever the data plane held before, and so is the next
 	// one after a failed Apply, which may have left the data plane half way.
 	if c.inSync && (incremental && len(diff) == 0 || !incremental && sameConfig(cfg, c.applied)) {
-		return cand, cfg, false, nil
+		return cand, cfg, false, rejected, nil
 	}
 	if c.inSync && incremental && c.ApplyChanged != nil {
 		err = c.ApplyChanged(cfg, diff)
@@ -328,10 +399,13 @@ func (c *Client) evaluate(st *streamState, r *response) (cand State, cfg model.C
 	}
 	if err != nil {
 		c.inSync = false
-		return State{}, model.Config{}, false, fmt.Errorf("programming the data plane failed: %w", err)
+		return State{}, model.Config{}, false, nil, fmt.Errorf("programming the data plane failed: %w", err)
 	}
 	c.inSync = true
-	return cand, cfg, true, nil
+	c.mu.Lock()
+	c.held = false
+	c.mu.Unlock()
+	return cand, cfg, true, rejected, nil
 }
 
 func sameConfig(a, b model.Config) bool {

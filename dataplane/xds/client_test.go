@@ -339,13 +339,17 @@ func TestClientNACKsBadUpdates(t *testing.T) {
 				!strings.Contains(n.detail.GetMessage(), `listener "web" chain #0: cluster "nope" not found in CDS`) {
 				t.Fatalf("NACK = %s %v, want an LDS INVALID_ARGUMENT naming listener web and cluster nope", n.typeURL, n.detail)
 			}
-			// The control plane resends what it has at once; the client must not spin on it.
-			time.Sleep(time.Second)
-			if got := len(cp.nacked()); got > 20 {
-				t.Errorf("%d NACKs within a second: the client re-NACKs without backoff", got)
-			}
+			// The web service keeps its previous version (Envoy keeps the last good version of
+			// a rejected resource); the api service is untouched, so nothing is re-applied.
+			time.Sleep(200 * time.Millisecond)
 			if got := c.rec.calls(); got != calls {
-				t.Fatalf("Apply called %d more times after a NACKed update", got-calls)
+				t.Fatalf("Apply called %d more times after an update that changed nothing programmable", got-calls)
+			}
+			if r := c.Report(); len(r.Rejected) != 1 || r.Rejected[0].Service != "10.96.0.10:80" || !r.Rejected[0].Kept {
+				t.Errorf("Report().Rejected = %+v, want 10.96.0.10:80 kept at its previous version", r.Rejected)
+			}
+			if got := c.metric(t, "onehop_agent_xds_service_issue", "service", "10.96.0.10:80", "issue", "kept_previous"); got != 1 {
+				t.Errorf("onehop_agent_xds_service_issue{service=10.96.0.10:80,issue=kept_previous} = %v, want 1", got)
 			}
 			if err := c.LastError(); err == nil || !strings.Contains(err.Error(), `cluster "nope"`) {
 				t.Errorf("LastError = %v, want the NACK reason", err)
@@ -357,10 +361,19 @@ func TestClientNACKsBadUpdates(t *testing.T) {
 				t.Errorf("onehop_agent_xds_updates_total{type=lds,result=nack} = %v, want >= 1", got)
 			}
 
-			// A fixed snapshot is accepted, built on the state accepted before the NACK.
+			// A fixed snapshot is applied at once: the control plane resends the rejected one
+			// after each NACK, and the client answers without waiting, so nothing holds the
+			// correction back (it once waited up to 23 s in a NACK backoff).
+			start := time.Now()
 			cp.set(t, "v3", true, webAPI(ep{addr: "10.1.0.4:8080"})...)
 			c.waitConfig(t, webAPIConfig(mep("10.1.0.4:8080", 1)))
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("the corrected config took %v to apply after NACKs", d)
+			}
 			waitFor(t, 5*time.Second, "LastError to clear", func() bool { return c.LastError() == nil })
+			if r := c.Report(); len(r.Rejected) != 0 {
+				t.Errorf("Report().Rejected = %+v after the fix, want none", r.Rejected)
+			}
 		})
 	}
 }

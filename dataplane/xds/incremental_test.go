@@ -2,6 +2,7 @@ package xds
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -117,6 +118,14 @@ func compareKey(a, b model.Key) int { return cmp.Or(a.VIP.Compare(b.VIP), cmp.Co
 // weights, priorities, endpoints added and removed, assignments withdrawn and restored,
 // invalid ones), UpdateEndpoints gives what a fresh Translate of the same state gives, the
 // same error when there is one, and a diff that is exactly the services that changed.
+func issuesOf(err error) []Issue {
+	var rej *RejectedError
+	if errors.As(err, &rej) {
+		return rej.Issues
+	}
+	return nil
+}
+
 func TestUpdateEndpointsEqualsTranslate(t *testing.T) {
 	for seed := range uint64(20) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
@@ -149,12 +158,21 @@ func TestUpdateEndpointsEqualsTranslate(t *testing.T) {
 					t.Fatalf("step %d: UpdateEndpoints declined", step)
 				}
 				full := cand
-				want, wantErr := Translate(&full)
-				if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+				var fresh Translator
+				want, wantErr := fresh.Translate(&full)
+				// Rejected services are reported and the rest applied (partial acceptance):
+				// UpdateEndpoints' error names those it re-translated, the report all of them.
+				if gr, wr := tr.Report(), fresh.Report(); !reflect.DeepEqual(gr, wr) {
+					t.Fatalf("step %d: UpdateEndpoints report %+v, Translate report %+v", step, gr, wr)
+				}
+				var rej *RejectedError
+				if gotErr != nil && (!errors.As(gotErr, &rej) || wantErr == nil) {
 					t.Fatalf("step %d: UpdateEndpoints error %v, Translate error %v", step, gotErr, wantErr)
 				}
-				if wantErr != nil {
-					continue // NACKed: the accepted state stays
+				for _, is := range issuesOf(gotErr) {
+					if !slices.Contains(issuesOf(wantErr), is) {
+						t.Fatalf("step %d: UpdateEndpoints rejected %+v, Translate did not", step, is)
+					}
 				}
 				if !reflect.DeepEqual(got, want) {
 					t.Fatalf("step %d: UpdateEndpoints gave\n%swant (Translate)\n%s", step, dump(got), dump(want))

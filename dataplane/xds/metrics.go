@@ -14,6 +14,8 @@ type Metrics struct {
 	connected  prometheus.Gauge
 	reconnects prometheus.Counter
 	programmed *prometheus.HistogramVec
+	issues     *prometheus.GaugeVec
+	issueCount *prometheus.GaugeVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -41,11 +43,44 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			// 50µs to ~3.3s: an endpoint change is well under 10ms, a full push of 10k services about 1s.
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 17),
 		}, []string{"type"}),
+		issues: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "onehop_agent_xds_service_issue",
+			Help: "1 for each service the last config could not program as asked: issue=rejected (not programmed), kept_previous (rejected, its previous version still programmed) or needs_waypoint (balanced by its catch-all route; its L7 routes need a waypoint). /status gives the reasons.",
+		}, []string{"service", "issue"}),
+		issueCount: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "onehop_agent_xds_services_with_issue",
+			Help: "Services (or whole resources) of the last config by issue (rejected, kept_previous, needs_waypoint).",
+		}, []string{"issue"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.updates, m.nacks, m.connected, m.reconnects, m.programmed)
+		reg.MustRegister(m.updates, m.nacks, m.connected, m.reconnects, m.programmed, m.issues, m.issueCount)
 	}
 	return m
+}
+
+func (m *Metrics) setReport(r Report) {
+	if m == nil {
+		return
+	}
+	m.issues.Reset()
+	counts := map[string]float64{"rejected": 0, "kept_previous": 0, "needs_waypoint": 0}
+	for _, is := range r.Rejected {
+		kind := "rejected"
+		if is.Kept {
+			kind = "kept_previous"
+		}
+		counts[kind]++
+		if is.Service != "" {
+			m.issues.WithLabelValues(is.Service, kind).Set(1)
+		}
+	}
+	for _, is := range r.NeedsWaypoint {
+		counts["needs_waypoint"]++
+		m.issues.WithLabelValues(is.Service, "needs_waypoint").Set(1)
+	}
+	for k, n := range counts {
+		m.issueCount.WithLabelValues(k).Set(n)
+	}
 }
 
 func (m *Metrics) update(typeURL string, ack bool) {

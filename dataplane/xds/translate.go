@@ -9,6 +9,8 @@ import (
 	"math/bits"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -148,7 +150,8 @@ func Translate(s *State) (model.Config, error) {
 // The zero value is ready to use; a Translator is not safe for concurrent use.
 type Translator struct {
 	m   *memo
-	idx *index // of the last full Translate that succeeded
+	idx *index  // of the last full Translate that succeeded
+	is  *issues // of the last translation
 	// Assembled counts services built from their resources rather than taken from the memo.
 	Assembled int
 }
@@ -169,6 +172,7 @@ type sized struct {
 type listenerMemo struct {
 	l      *listenerv3.Listener
 	fes    []frontend
+	routed []frontend // chains whose VIPs are the IP domains of their routes' virtual hosts (key unset)
 	err    error
 	routes []string // the RDS names its chains use
 }
@@ -176,10 +180,12 @@ type listenerMemo struct {
 type routeMemo struct {
 	rc    *routev3.RouteConfiguration
 	byKey map[model.Key]routeResult // per VIP:port: its virtual host's targets
+	vips  map[uint16][]netip.Addr   // per listener port: the VIPs its virtual hosts' domains name
 }
 
 type routeResult struct {
 	ts  []target
+	l7  string // why the virtual host needs a waypoint (routes by path or header elsewhere); "" if not
 	err error
 }
 
@@ -221,43 +227,80 @@ type index struct {
 	byEDS     map[string][]string // EDS service name -> the clusters taking their endpoints from it
 }
 
+// Report is what the last Translate or UpdateEndpoints could not do as asked.
+func (tr *Translator) Report() Report {
+	if tr.is == nil {
+		return newIssues().report()
+	}
+	return tr.is.report()
+}
+
 // Translate is the package's Translate, reusing what earlier calls translated.
+//
+// One service that cannot be programmed does not stop the others: it is left out (or kept as
+// it was, when s.Previous has it), reported in Report, and Translate returns the config of
+// everything else together with a *RejectedError; the client applies that config and NACKs
+// the update, as Envoy accepts the valid part of a partly invalid update. Other errors (sizes,
+// too many services) reject the whole state: the config is then empty.
 func (tr *Translator) Translate(s *State) (model.Config, error) {
 	m := tr.memo()
 	tr.idx = nil
+	tr.is = newIssues()
 	idx := &index{byCluster: map[string][]int{}, byEDS: map[string][]string{}}
-	servedBy := map[model.Key]string{} // the chain that made each service, for duplicate errors
+	chosen := map[model.Key]int{} // the frontend serving each VIP:port, by position in fes
 	defer func() {
 		sweep(m.sizes[0], s.Listeners)
 		sweep(m.sizes[1], s.Routes)
 		sweep(m.listeners, s.Listeners)
 		sweep(m.routes, s.Routes)
 		sweep(m.clusters, s.Clusters)
-		sweep(m.services, servedBy)
+		sweep(m.services, chosen)
 	}()
 	if err := tr.checkSizes(s); err != nil {
 		return model.Config{}, err
 	}
 	t := translator{s: s, tr: tr, clusters: map[string]*clusterResult{}, settled: map[origin]bool{},
 		used: func(c string) { idx.byCluster[c] = append(idx.byCluster[c], len(idx.fes)) }}
-	cfg := model.Config{Services: make(map[model.Key]model.Service, len(m.services))}
-	for _, name := range slices.Sorted(maps.Keys(s.Listeners)) {
+	names := slices.Sorted(maps.Keys(s.Listeners))
+	var fes []frontend
+	for _, name := range names {
 		lm := tr.listener(name, s.Listeners[name])
 		if lm.err != nil {
-			return model.Config{}, lm.err
+			tr.is.resources = append(tr.is.resources, Issue{Resource: fmt.Sprintf("listener %q", name), Reason: lm.err.Error()})
+			continue
 		}
-		for _, fe := range lm.fes {
-			if other, dup := servedBy[fe.key]; dup {
-				return model.Config{}, fmt.Errorf("%s and %s both serve %s: onehop needs exactly one listener chain per VIP:port", other, fe.where, fe.key)
-			}
-			servedBy[fe.key] = fe.where
-			if err := t.put(cfg, fe); err != nil {
-				return model.Config{}, err
-			}
-			idx.fes = append(idx.fes, fe)
-			if len(cfg.Services) > MaxServices {
-				return model.Config{}, fmt.Errorf("more than %d services in total (at listener %q): onehop does not program more", MaxServices, name)
-			}
+		fes = append(fes, lm.fes...)
+	}
+	// VIPs named only by route domains come after every VIP a chain names itself: a chain
+	// for the VIP (Istio's VIP-bound listeners) is the more specific match, as in Envoy.
+	for _, name := range names {
+		for _, fe := range tr.listener(name, s.Listeners[name]).routed {
+			fes = append(fes, t.routedFrontends(fe)...)
+		}
+	}
+	// One chain per VIP:port: the best ranked (see frontend.rank). Chains of equal rank are
+	// duplicates: the first (in listener name order) serves, the others are reported.
+	var order []model.Key
+	for i, fe := range fes {
+		j, ok := chosen[fe.key]
+		switch {
+		case !ok:
+			chosen[fe.key] = i
+			order = append(order, fe.key)
+		case fe.rank < fes[j].rank:
+			chosen[fe.key] = i
+		case fe.rank == fes[j].rank:
+			tr.is.resources = append(tr.is.resources, Issue{Service: addrPort(fe.key), Resource: fe.where,
+				Reason: fmt.Sprintf("%s and %s both serve %s: onehop needs exactly one listener chain per VIP:port and uses the first", fes[j].where, fe.where, fe.key)})
+		}
+	}
+	cfg := model.Config{Services: make(map[model.Key]model.Service, len(m.services))}
+	for _, k := range order {
+		fe := fes[chosen[k]]
+		t.put(cfg, fe)
+		idx.fes = append(idx.fes, fe)
+		if len(cfg.Services) > MaxServices {
+			return model.Config{}, fmt.Errorf("more than %d services in total (at %s): onehop does not program more", MaxServices, fe.where)
 		}
 	}
 	for name, c := range s.Clusters {
@@ -266,30 +309,91 @@ func (tr *Translator) Translate(s *State) (model.Config, error) {
 		}
 	}
 	tr.idx = idx
-	return cfg, nil
+	return cfg, tr.is.err(nil, len(order))
 }
 
-// put translates the frontend's service into cfg, or takes it out.
-func (t *translator) put(cfg model.Config, fe frontend) error {
-	svc, st, err := t.service(fe)
-	if err != nil {
-		return err
+func addrPort(k model.Key) string { return netip.AddrPortFrom(k.VIP, k.Port).String() }
+
+// routedFrontends gives a chain whose VIPs are the IP domains of its route configuration's
+// virtual hosts (Istio's 0.0.0.0_<port> listeners for HTTP ports) a frontend per VIP. A route
+// configuration that has not arrived gives none yet.
+func (t *translator) routedFrontends(fe frontend) []frontend {
+	rc := fe.h.GetRouteConfig()
+	where := fe.where
+	if rds := fe.h.GetRds(); rds != nil {
+		if rc = t.s.Routes[rds.GetRouteConfigName()]; rc == nil {
+			return nil
+		}
+		where = fmt.Sprintf("%s route_configuration %q", fe.where, rds.GetRouteConfigName())
 	}
-	switch st {
-	case ready:
-		cfg.Services[fe.key] = svc
-	case pending:
-		if prev, ok := t.s.Previous.Services[fe.key]; ok {
+	if rc == nil {
+		return nil
+	}
+	rm := t.tr.routeMemo(rc)
+	vips, ok := rm.vips[fe.key.Port]
+	if !ok {
+		vips = domainVIPs(rc, fe.key.Port)
+		rm.vips[fe.key.Port] = vips
+	}
+	out := make([]frontend, 0, len(vips))
+	for _, vip := range vips {
+		f := fe
+		f.key = model.Key{VIP: vip, Port: fe.key.Port, Proto: model.TCP}
+		f.where = where
+		out = append(out, f)
+	}
+	return out
+}
+
+// domainVIPs lists the IPs the virtual hosts' domains name, bare or with the given port
+// ("10.96.0.5", "10.96.0.5:8080", "[fd00::5]:8080"), once each. "*" and host names are not
+// addresses a connect() can be matched on.
+func domainVIPs(rc *routev3.RouteConfiguration, port uint16) []netip.Addr {
+	var out []netip.Addr
+	seen := map[netip.Addr]bool{}
+	for _, vh := range rc.GetVirtualHosts() {
+		for _, d := range vh.GetDomains() {
+			a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(d, "["), "]"))
+			if err != nil {
+				ap, err := netip.ParseAddrPort(d)
+				if err != nil || ap.Port() != port {
+					continue
+				}
+				a = ap.Addr()
+			}
+			if a.Zone() != "" || a.IsUnspecified() || seen[a] {
+				continue
+			}
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// put translates the frontend's service into cfg, or takes it out, and records its issues.
+func (t *translator) put(cfg model.Config, fe frontend) {
+	t.tr.is.clear(fe.key)
+	svc, st, l7, err := t.service(fe)
+	if err != nil || st == pending {
+		// Not (yet) programmable: keep what was programmed, if anything. A service that has
+		// no endpoints is not pending: it is programmed empty, so that connect()s to it fail
+		// at once instead of going to endpoints that are gone.
+		prev, ok := t.s.Previous.Services[fe.key]
+		if ok {
 			cfg.Services[fe.key] = prev
 		} else {
 			delete(cfg.Services, fe.key)
 		}
-	case noHealthy:
-		// Left out: with the service gone the kernel stops steering the VIP, rather
-		// than sending connections to endpoints known to be down.
-		delete(cfg.Services, fe.key)
+		if err != nil {
+			t.tr.is.rejected[fe.key] = Issue{Service: addrPort(fe.key), Resource: fe.where, Reason: err.Error(), Kept: ok}
+		}
+		return
 	}
-	return nil
+	cfg.Services[fe.key] = svc
+	if l7 != "" {
+		t.tr.is.waypoint[fe.key] = Issue{Service: addrPort(fe.key), Resource: fe.where, Reason: l7}
+	}
 }
 
 // UpdateEndpoints translates s, which differs from the state of the last successful
@@ -297,7 +401,8 @@ func (t *translator) put(cfg model.Config, fe frontend) error {
 // services those feed. s.Previous must be what that Translate returned (or what an
 // UpdateEndpoints since returned for the state before s). It returns the config and the
 // services that differ from s.Previous. ok is false when it cannot be sure to give what
-// Translate would (no index, or a limit is hit): call Translate instead.
+// Translate would (no index, or a limit is hit): call Translate instead. A *RejectedError
+// names those of the re-translated services that could not be programmed; cfg is still valid.
 func (tr *Translator) UpdateEndpoints(s *State, changed []string) (cfg model.Config, diff []model.Key, ok bool, err error) {
 	idx := tr.idx
 	if idx == nil {
@@ -320,11 +425,15 @@ func (tr *Translator) UpdateEndpoints(s *State, changed []string) (cfg model.Con
 	if cfg.Services == nil {
 		cfg.Services = map[model.Key]model.Service{}
 	}
+	if tr.is == nil {
+		tr.is = newIssues()
+	}
+	tr.is = tr.is.clone()
+	keys := make([]model.Key, 0, len(at))
 	for _, i := range at {
 		fe := idx.fes[i]
-		if err := t.put(cfg, fe); err != nil {
-			return model.Config{}, nil, true, err
-		}
+		t.put(cfg, fe)
+		keys = append(keys, fe.key)
 		old, had := s.Previous.Services[fe.key]
 		svc, has := cfg.Services[fe.key]
 		if had != has || (has && !sameService(old, svc)) {
@@ -334,7 +443,7 @@ func (tr *Translator) UpdateEndpoints(s *State, changed []string) (cfg model.Con
 	if len(cfg.Services) > MaxServices {
 		return model.Config{}, nil, false, nil // Translate names the listener
 	}
-	return cfg, diff, true, nil
+	return cfg, diff, true, tr.is.err(keys, len(idx.fes))
 }
 
 func sameService(x, y model.Service) bool {
@@ -398,24 +507,29 @@ func (tr *Translator) listener(name string, l *listenerv3.Listener) *listenerMem
 	lm := tr.memo().listeners[name]
 	if lm == nil || lm.l != l {
 		lm = &listenerMemo{l: l, routes: listenerRoutes(l)}
-		lm.fes, lm.err = frontends(name, l)
+		lm.fes, lm.routed, lm.err = frontends(name, l)
 		tr.m.listeners[name] = lm
 	}
 	return lm
 }
 
-func (tr *Translator) routeTargets(rc *routev3.RouteConfiguration, key model.Key) ([]target, error) {
+func (tr *Translator) routeMemo(rc *routev3.RouteConfiguration) *routeMemo {
 	rm := tr.memo().routes[rc.GetName()]
 	if rm == nil || rm.rc != rc {
-		rm = &routeMemo{rc: rc, byKey: map[model.Key]routeResult{}}
+		rm = &routeMemo{rc: rc, byKey: map[model.Key]routeResult{}, vips: map[uint16][]netip.Addr{}}
 		tr.m.routes[rc.GetName()] = rm
 	}
+	return rm
+}
+
+func (tr *Translator) routeTargets(rc *routev3.RouteConfiguration, key model.Key) ([]target, string, error) {
+	rm := tr.routeMemo(rc)
 	r, ok := rm.byKey[key]
 	if !ok {
-		r.ts, r.err = routeTargets(rc, key)
+		r.ts, r.l7, r.err = routeTargets(rc, key)
 		rm.byKey[key] = r
 	}
-	return r.ts, r.err
+	return r.ts, r.l7, r.err
 }
 
 // routeNames is the package's routeNames, reading each listener's chains once.
@@ -435,6 +549,12 @@ type frontend struct {
 	listener string
 	where    string // `listener "x" chain "y"`, for errors
 	chain    *listenerv3.FilterChain
+	// rank orders the chains that serve one VIP:port, the lowest serving it: a chain without
+	// further match criteria (0), then chains that also match on what connect() cannot see
+	// (transport or application protocol, SNI, source: 1 per criterion; Istio splits a
+	// protocol-sniffed port into such chains), then a listener's default chain, then a VIP
+	// taken from a route's virtual host domains.
+	rank int
 	// What the chain's network filter sends to, worked out once for all its VIPs: the
 	// clusters of a tcp_proxy, or the http_connection_manager whose routes name them.
 	fixed []target
@@ -442,24 +562,32 @@ type frontend struct {
 	ferr  error
 }
 
-func frontends(name string, l *listenerv3.Listener) ([]frontend, error) {
+// Ranks of frontends beyond the match criteria count (see frontend.rank).
+const (
+	rankDefaultChain = 100
+	rankRouteDomain  = 200
+)
+
+// frontends returns the VIP:ports the listener's chains serve, and the chains whose VIPs come
+// from their routes' virtual host domains (key.Port set, VIP not yet).
+func frontends(name string, l *listenerv3.Listener) (fes, routed []frontend, err error) {
 	where := fmt.Sprintf("listener %q", name)
 	// API and internal listeners, and pipe addresses, are nothing a connect() can target.
 	// Only the primary address is translated; additional_addresses are not used by onehop.
 	sa := l.GetAddress().GetSocketAddress()
 	if l.GetApiListener() != nil || l.GetInternalListener() != nil || sa == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if sa.GetProtocol() == corev3.SocketAddress_UDP || l.GetUdpListenerConfig() != nil {
-		return nil, fmt.Errorf("%s: UDP services are not supported by onehop", where)
+		return nil, nil, fmt.Errorf("%s: UDP services are not supported by onehop", where)
 	}
 	ip, err := parseIP(sa.GetAddress())
 	if err != nil {
-		return nil, fmt.Errorf("%s: address: %w", where, err)
+		return nil, nil, fmt.Errorf("%s: address: %w", where, err)
 	}
 	port, err := checkPort(sa.GetPortValue())
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", where, err)
+		return nil, nil, fmt.Errorf("%s: %w", where, err)
 	}
 	chains := l.GetFilterChains()
 	if d := l.GetDefaultFilterChain(); d != nil {
@@ -475,26 +603,33 @@ func frontends(name string, l *listenerv3.Listener) ([]frontend, error) {
 		if isDefault {
 			cw = where + " default chain"
 		}
-		// Other match fields (SNI, ALPN, source) choose between chains at TLS or L7, which
-		// connect() cannot see: each VIP:port must have one chain, duplicates are NACKed.
 		m := fc.GetFilterChainMatch()
+		rank := criteria(m)
+		if isDefault {
+			rank = rankDefaultChain
+		}
 		p := port
 		if dp := m.GetDestinationPort(); dp != nil {
 			if p, err = checkPort(dp.GetValue()); err != nil {
-				return nil, fmt.Errorf("%s: destination_port: %w", cw, err)
+				return nil, nil, fmt.Errorf("%s: destination_port: %w", cw, err)
 			}
 		}
 		var vips []netip.Addr
 		if len(m.GetPrefixRanges()) == 0 {
 			if ip.IsUnspecified() {
-				continue // passthrough: no VIP to steer
+				// A port-wide chain: HTTP routes name their VIPs in virtual host domains
+				// (Istio's 0.0.0.0_<port> listeners); anything else is passthrough.
+				if _, h, err := networkFilter(fc); err == nil && h != nil {
+					routed = append(routed, frontend{key: model.Key{Port: p}, listener: name, where: cw, chain: fc, h: h, rank: rankRouteDomain})
+				}
+				continue
 			}
 			vips = []netip.Addr{ip}
 		}
 		for _, r := range m.GetPrefixRanges() {
 			a, err := parseIP(r.GetAddressPrefix())
 			if err != nil {
-				return nil, fmt.Errorf("%s: prefix range: %w", cw, err)
+				return nil, nil, fmt.Errorf("%s: prefix range: %w", cw, err)
 			}
 			// Only a full-length prefix is a VIP; the kernel matches exact VIPs, not ranges.
 			// On a listener bound to one IP, other destinations never reach the chain.
@@ -514,13 +649,24 @@ func frontends(name string, l *listenerv3.Listener) ([]frontend, error) {
 		}
 		for _, vip := range vips {
 			key := model.Key{VIP: vip, Port: p, Proto: model.TCP}
-			if isDefault && slices.ContainsFunc(out, func(f frontend) bool { return f.key == key }) {
-				continue // the default chain only gets what no other chain matched
-			}
-			out = append(out, frontend{key: key, listener: name, where: cw, chain: fc, fixed: fixed, h: h, ferr: ferr})
+			out = append(out, frontend{key: key, listener: name, where: cw, chain: fc, fixed: fixed, h: h, ferr: ferr, rank: rank})
 		}
 	}
-	return out, nil
+	return out, routed, nil
+}
+
+// criteria counts the match criteria of a chain beyond destination address and port: those
+// choose between chains on what a connect() does not show (TLS, ALPN, SNI, the source).
+func criteria(m *listenerv3.FilterChainMatch) int {
+	n := 0
+	for _, set := range []bool{m.GetTransportProtocol() != "", len(m.GetApplicationProtocols()) > 0,
+		len(m.GetServerNames()) > 0, len(m.GetSourcePrefixRanges()) > 0, len(m.GetDirectSourcePrefixRanges()) > 0,
+		len(m.GetSourcePorts()) > 0, m.GetSourceType() != listenerv3.FilterChainMatch_ANY} {
+		if set {
+			n++
+		}
+	}
+	return n
 }
 
 func parseIP(s string) (netip.Addr, error) {
@@ -605,9 +751,8 @@ func edsName(name string, c *clusterv3.Cluster) string {
 type status int
 
 const (
-	ready     status = iota
-	pending          // waiting for EDS, RDS or CDS
-	noHealthy        // every endpoint is unhealthy
+	ready   status = iota
+	pending        // waiting for EDS, RDS or CDS
 )
 
 type translator struct {
@@ -648,10 +793,10 @@ type target struct {
 	weight  uint64
 }
 
-func (t *translator) service(fe frontend) (model.Service, status, error) {
-	targets, from, st, err := t.targets(fe)
+func (t *translator) service(fe frontend) (model.Service, status, string, error) {
+	targets, from, l7, st, err := t.targets(fe)
 	if err != nil || st != ready {
-		return model.Service{}, st, wrap(fe.where, err)
+		return model.Service{}, st, "", wrap(fe.where, err)
 	}
 	backends := make([]*clusterResult, len(targets))
 	if t.used != nil {
@@ -664,27 +809,27 @@ func (t *translator) service(fe frontend) (model.Service, status, error) {
 		b := t.cluster(tg.cluster)
 		switch {
 		case b.err != nil:
-			return model.Service{}, 0, fmt.Errorf("%s: %w", fe.where, b.err)
+			return model.Service{}, 0, "", fmt.Errorf("%s: %w", fe.where, b.err)
 		case b.missing && !t.s.AwaitingClusters && !t.unchanged(from):
-			return model.Service{}, 0, fmt.Errorf("%s: cluster %q not found in CDS (unknown cluster reference)", fe.where, tg.cluster)
+			return model.Service{}, 0, "", fmt.Errorf("%s: cluster %q not found in CDS (unknown cluster reference)", fe.where, tg.cluster)
 		case b.missing || b.pending:
 			st = pending
 		}
 		backends[i] = b
 	}
 	if st == pending {
-		return model.Service{}, pending, nil
+		return model.Service{}, pending, "", nil
 	}
 	if r, ok := t.tr.m.services[fe.key]; ok &&
 		r.chain == fe.chain && slices.Equal(r.targets, targets) && slices.Equal(r.backends, backends) {
-		return r.svc, r.st, nil
+		return r.svc, r.st, l7, nil
 	}
 	svc, st, err := assemble(fe, targets, backends)
 	if err == nil {
 		t.tr.Assembled++
 		t.tr.m.services[fe.key] = &serviceResult{chain: fe.chain, targets: targets, backends: backends, svc: svc, st: st}
 	}
-	return svc, st, err
+	return svc, st, l7, err
 }
 
 // assemble builds the service from its clusters' endpoints.
@@ -731,9 +876,8 @@ func assemble(fe frontend, targets []target, backends []*clusterResult) (model.S
 		}
 		svc.Priorities = append(svc.Priorities, eps)
 	}
-	if len(svc.Priorities) == 0 {
-		return model.Service{}, noHealthy, nil
-	}
+	// No healthy endpoint at any level: the service is programmed empty, and the kernel
+	// refuses connect()s to it, as kube-proxy's REJECT rule does.
 	if err := svc.Validate(); err != nil {
 		return model.Service{}, 0, fmt.Errorf("%s: %w", fe.where, err)
 	}
@@ -747,34 +891,35 @@ func wrap(where string, err error) error {
 	return fmt.Errorf("%s: %w", where, err)
 }
 
-// targets returns the clusters the chain sends to and the resource that names them.
-func (t *translator) targets(fe frontend) ([]target, origin, status, error) {
+// targets returns the clusters the chain sends to, the resource that names them, and why the
+// service needs a waypoint ("" if it does not).
+func (t *translator) targets(fe frontend) ([]target, origin, string, status, error) {
 	from := origin{name: fe.listener}
 	h, err := fe.h, fe.ferr
 	if err != nil {
-		return nil, from, 0, err
+		return nil, from, "", 0, err
 	}
 	if fe.fixed != nil {
-		return fe.fixed, from, ready, nil
+		return fe.fixed, from, "", ready, nil
 	}
 	rc := h.GetRouteConfig()
 	if rds := h.GetRds(); rds != nil {
 		name := rds.GetRouteConfigName()
 		if name == "" {
-			return nil, from, 0, errors.New("http_connection_manager: rds has no route_config_name")
+			return nil, from, "", 0, errors.New("http_connection_manager: rds has no route_config_name")
 		}
 		if rc = t.s.Routes[name]; rc == nil {
-			return nil, from, pending, nil
+			return nil, from, "", pending, nil
 		}
 		from = origin{route: true, name: name}
 	} else if rc == nil {
-		return nil, from, 0, errors.New("http_connection_manager: neither route_config nor rds (scoped routes are not supported)")
+		return nil, from, "", 0, errors.New("http_connection_manager: neither route_config nor rds (scoped routes are not supported)")
 	}
-	ts, err := t.tr.routeTargets(rc, fe.key)
+	ts, l7, err := t.tr.routeTargets(rc, fe.key)
 	if err != nil {
-		return nil, from, 0, fmt.Errorf("route_configuration %q: %w", rc.GetName(), err)
+		return nil, from, "", 0, fmt.Errorf("route_configuration %q: %w", rc.GetName(), err)
 	}
-	return ts, from, ready, nil
+	return ts, from, l7, ready, nil
 }
 
 func tcpProxyTargets(tp *tcpproxyv3.TcpProxy) ([]target, error) {
@@ -797,41 +942,64 @@ func tcpProxyTargets(tp *tcpproxyv3.TcpProxy) ([]target, error) {
 // client addressing the VIP would (Istio lists "VIP" and "VIP:port" in every service's virtual
 // host of a port-wide route configuration), else a "*" one, else the only one. Paths and other
 // headers are left to the waypoint; other routes are ignored here.
-func routeTargets(rc *routev3.RouteConfiguration, key model.Key) ([]target, error) {
+//
+// When other routes of the virtual host (by path, header, ...) send to other clusters than the
+// catch-all, connect() cannot honour them: the service is balanced by its catch-all route and
+// l7 says why it needs a waypoint. A virtual host with no catch-all route is an error: only a
+// waypoint can route it.
+func routeTargets(rc *routev3.RouteConfiguration, key model.Key) (ts []target, l7 string, err error) {
 	vhs := rc.GetVirtualHosts()
 	if len(vhs) == 0 {
-		return nil, errors.New("no virtual hosts (VHDS is not supported)")
+		return nil, "", errors.New("no virtual hosts (VHDS is not supported)")
 	}
 	vh := virtualHostFor(vhs, key)
 	if vh == nil {
-		return nil, fmt.Errorf("no virtual host for %s among %d (list the VIP or VIP:port in its domains, or add a \"*\" one)", netip.AddrPortFrom(key.VIP, key.Port), len(vhs))
+		return nil, "", fmt.Errorf("no virtual host for %s among %d (list the VIP or VIP:port in its domains, or add a \"*\" one)", netip.AddrPortFrom(key.VIP, key.Port), len(vhs))
 	}
 	i := slices.IndexFunc(vh.GetRoutes(), func(r *routev3.Route) bool { return catchAll(r.GetMatch()) })
 	if i < 0 {
-		return nil, fmt.Errorf("virtual host %q has no catch-all route (prefix \"/\" without other matchers)", vh.GetName())
+		return nil, "", fmt.Errorf("virtual host %q has no catch-all route (prefix \"/\" without other matchers): its routes need an L7 waypoint", vh.GetName())
 	}
 	r := vh.GetRoutes()[i]
+	if ts, err = actionTargets(r); err != nil {
+		return nil, "", fmt.Errorf("virtual host %q %w", vh.GetName(), err)
+	}
+	var others []string
+	for _, o := range vh.GetRoutes()[:i] { // routes after the catch-all are never reached
+		ots, err := actionTargets(o)
+		if err != nil || !slices.Equal(ots, ts) {
+			others = append(others, strconv.Quote(cmp.Or(o.GetName(), fmt.Sprintf("#%d", slices.Index(vh.GetRoutes(), o)))))
+		}
+	}
+	if len(others) > 0 {
+		l7 = fmt.Sprintf("virtual host %q: routes %s match on path or headers and go elsewhere than the catch-all route; at connect() every connection follows the catch-all (give the service a waypoint for L7 routing)", vh.GetName(), strings.Join(others, ", "))
+	}
+	return ts, l7, nil
+}
+
+// actionTargets returns the clusters a route sends to.
+func actionTargets(r *routev3.Route) ([]target, error) {
 	a := r.GetRoute()
 	if a == nil {
-		return nil, fmt.Errorf("virtual host %q route %q: not a route to a cluster (redirects and direct responses have no L4 equivalent)", vh.GetName(), r.GetName())
+		return nil, fmt.Errorf("route %q: not a route to a cluster (redirects and direct responses have no L4 equivalent)", r.GetName())
 	}
 	if c := a.GetCluster(); c != "" {
 		return []target{{c, 1}}, nil
 	}
 	wc := a.GetWeightedClusters().GetClusters()
 	if len(wc) == 0 {
-		return nil, fmt.Errorf("virtual host %q route %q: names no cluster (cluster_header and cluster plugins are not supported)", vh.GetName(), r.GetName())
+		return nil, fmt.Errorf("route %q: names no cluster (cluster_header and cluster plugins are not supported)", r.GetName())
 	}
 	ts := make([]target, len(wc))
 	for i, c := range wc {
 		if c.GetName() == "" {
-			return nil, fmt.Errorf("virtual host %q route %q: weighted cluster without a name (cluster_header is not supported)", vh.GetName(), r.GetName())
+			return nil, fmt.Errorf("route %q: weighted cluster without a name (cluster_header is not supported)", r.GetName())
 		}
 		ts[i] = target{c.GetName(), uint64(c.GetWeight().GetValue())}
 	}
 	ts, err := checkWeights(ts)
 	if err != nil {
-		return nil, fmt.Errorf("virtual host %q route %q: %w", vh.GetName(), r.GetName(), err)
+		return nil, fmt.Errorf("route %q: %w", r.GetName(), err)
 	}
 	return ts, nil
 }
@@ -981,11 +1149,9 @@ func lbPolicy(c *clusterv3.Cluster) (model.Policy, error) {
 func endpoints(cla *endpointv3.ClusterLoadAssignment) ([][]weighted, error) {
 	raw := map[uint32]int{} // endpoints per priority, healthy or not
 	healthy := map[uint32][]weighted{}
-	total := 0
 	for _, loc := range cla.GetEndpoints() {
 		p := loc.GetPriority()
 		for _, lb := range loc.GetLbEndpoints() {
-			total++
 			if raw[p]++; raw[p] > model.MaxSlots {
 				return nil, fmt.Errorf("priority %d has more than %d endpoints", p, model.MaxSlots)
 			}
@@ -1011,9 +1177,8 @@ func endpoints(cla *endpointv3.ClusterLoadAssignment) ([][]weighted, error) {
 			healthy[p] = addWeighted(healthy[p], weighted{addr, w})
 		}
 	}
-	if total == 0 {
-		return nil, errors.New("no endpoints")
-	}
+	// No endpoints at all is a service scaled to zero (or whose selector matches no pod): not an
+	// error, its service is programmed with no endpoints.
 	var levels [][]weighted
 	for _, p := range slices.Sorted(maps.Keys(healthy)) {
 		levels = append(levels, slices.Clone(healthy[p])) // exact size: kept as long as the assignment

@@ -140,10 +140,15 @@ func TestTranslate(t *testing.T) {
 				[]model.Endpoint{mep("10.1.0.8:8080", 1)})),
 		},
 		{
-			name: "a service whose endpoints are all unhealthy is left out",
+			name: "a service whose endpoints are all unhealthy is programmed empty (connect()s refused)",
 			state: state(webL, webC, cla("web",
 				ep{addr: "10.1.0.1:8080", health: corev3.HealthStatus_UNHEALTHY})),
-			want: config(),
+			want: config(svc("10.96.0.10:80", "web", model.RoundRobin)),
+		},
+		{
+			name:  "a cluster with no endpoints at all (scaled to zero, or istiod withholding them) is programmed empty",
+			state: state(webL, webC, cla("web")),
+			want:  config(svc("10.96.0.10:80", "web", model.RoundRobin)),
 		},
 		{
 			name: "dual-stack cluster: each VIP gets the endpoints of its family",
@@ -264,11 +269,6 @@ func TestTranslate(t *testing.T) {
 			name:    "unknown cluster in a route",
 			state:   state(listener("web", "10.96.0.10", 80, chain("", hcmRDS("80"))), routeTo("80", "nope"), webC, webE),
 			wantErr: `cluster "nope" not found`,
-		},
-		{
-			name:    "cluster with no endpoints at all",
-			state:   state(webL, webC, cla("web")),
-			wantErr: `cluster "web": cluster_load_assignment "web": no endpoints`,
 		},
 		{
 			name:    "zero endpoint weight",

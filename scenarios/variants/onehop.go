@@ -119,6 +119,9 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 		os.Remove(sock)
 		o.argv[node] = []string{bin, "--node-id", node, "--xds-address", cpAddr, "--cgroup", h.NodeCgroup(node),
 			"--bpffs", h.NodeBPFDir(node), "--admin-socket", sock, "--metrics-address", ":15020"}
+		if ips := h.NodeAddresses(node); len(ips) > 0 {
+			o.argv[node] = append(o.argv[node], "--node-ip", ips[0].String())
+		}
 		p, err := h.StartOnNode(ctx, node, clusters.Command{Name: "onehop-agent", Argv: o.argv[node], Detach: true})
 		if err != nil {
 			return fmt.Errorf("onehop: start agent on %s: %w", node, err)
