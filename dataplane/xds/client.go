@@ -451,6 +451,14 @@ func (a *accepted) candidate(r *response) (State, []string) {
 		s.Clusters, changed = merge(a.state.Clusters, r)
 	case resourcev3.EndpointType:
 		s.Endpoints, changed = merge(a.state.Endpoints, r)
+		// A removed assignment (Delta) says the cluster has no endpoints, not that they are
+		// still on their way: its services are programmed empty rather than kept as they were.
+		w, _ := a.wanted()
+		for _, n := range r.remove {
+			if _, wanted := slices.BinarySearch(w[resourcev3.EndpointType], n); wanted && r.upsert[n].msg == nil {
+				s.Endpoints[n] = &Assignment{Name: n}
+			}
+		}
 	}
 	return s, changed
 }

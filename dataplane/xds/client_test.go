@@ -564,3 +564,63 @@ func TestFirstApplyIsTheWholeConfig(t *testing.T) {
 		})
 	}
 }
+
+// A service scaled to zero is programmed empty, whether the control plane says so with an empty
+// assignment or (Delta) by removing the assignment: new connections must be refused, never sent
+// to the pods that are gone. Scaled back, it balances again.
+func TestClientScaleToZeroAndBack(t *testing.T) {
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			cp := startControlPlane(t, "127.0.0.1:0")
+			cp.set(t, "v1", true, webAPI(ep{addr: "10.1.0.1:8080"})...)
+			c := startClient(t, cp.addr, p.delta)
+			c.waitConfig(t, webAPIConfig(mep("10.1.0.1:8080", 1)))
+
+			empty := config(svc("10.96.0.10:80", "web", model.RoundRobin), apiService)
+			cp.set(t, "v2", true, webAPI()...) // an empty assignment, as istiod sends
+			c.waitConfig(t, empty)
+			if p.delta { // the assignment removed outright
+				all := webAPI()
+				cp.set(t, "v3", false, append(all[:5], all[6])...) // web's assignment gone
+				time.Sleep(300 * time.Millisecond)
+				if got := c.rec.last(); !reflect.DeepEqual(got, empty) {
+					t.Fatalf("after the assignment was removed: %s", dump(got))
+				}
+			}
+			cp.set(t, "v4", true, webAPI(ep{addr: "10.1.0.2:8080"})...)
+			c.waitConfig(t, webAPIConfig(mep("10.1.0.2:8080", 1)))
+			if n := cp.nacked(); len(n) != 0 {
+				t.Errorf("NACKs: %v", n)
+			}
+			if !c.Ready() {
+				t.Error("not ready")
+			}
+		})
+	}
+}
+
+// A starting agent that adopted services pinned by the one before does not apply a first config
+// with no service at all (what istiod answers a node identity it serves nothing, e.g. router~):
+// it says so, stays unready, and applies the first config that has services.
+func TestClientHoldsAnEmptyFirstConfigOverAdoptedServices(t *testing.T) {
+	cp := startControlPlane(t, "127.0.0.1:0")
+	empty, err := cachev3.NewSnapshot("v1", map[resourcev3.Type][]types.Resource{
+		resourcev3.ClusterType: {}, resourcev3.ListenerType: {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.cache.SetSnapshot(context.Background(), testNode, empty); err != nil {
+		t.Fatal(err)
+	}
+	c := startClient(t, cp.addr, false, func(tc *testClient) { tc.Adopted = 3 })
+	waitFor(t, 5*time.Second, "the empty config to be held", c.HeldEmpty)
+	time.Sleep(100 * time.Millisecond)
+	if n := c.rec.calls(); n != 0 || c.Ready() {
+		t.Fatalf("Apply called %d times, ready %v: the empty first config must not be applied", n, c.Ready())
+	}
+	cp.set(t, "v2", true, webAPI(ep{addr: "10.1.0.1:8080"})...)
+	c.waitConfig(t, webAPIConfig(mep("10.1.0.1:8080", 1)))
+	if c.HeldEmpty() || !c.Ready() {
+		t.Errorf("after a config with services: held %v, ready %v", c.HeldEmpty(), c.Ready())
+	}
+}
