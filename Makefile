@@ -28,9 +28,12 @@ deps:
 build:
 	$(GO) build -o bin/ ./cmd/onehop ./cmd/onehop-agent
 
-# Regenerate the BPF objects and their Go bindings (committed, so plain builds need no clang).
+# Regenerate the BPF objects and their Go bindings, and the workload API's Go types from its
+# .proto (all committed, so plain builds need neither clang nor protoc).
+GEN_DEPS := protoc:protobuf-compiler /usr/include/google/protobuf/wrappers.proto:libprotobuf-dev
 generate: deps
-	$(GO) generate ./bpf
+	@$(MAKE) --no-print-directory deps DEPS="$(GEN_DEPS)"
+	$(GO) generate ./bpf ./dataplane/workloadapi
 
 doctor: deps build
 	@$(BIN) doctor

@@ -42,7 +42,8 @@ type Options struct {
 	Policy model.Policy
 }
 
-// Server publishes the store's state as xDS snapshots. Every node, whatever its id, gets the
+// Server publishes the store's state as xDS snapshots, and as Istio's ambient workload API
+// (Delta ADS, workloadapi.TypeURL) for agents in workload mode. Every node, whatever its id, gets the
 // same snapshot, versioned with the store's version. The cache runs in ADS mode: it answers an
 // EDS or RDS request only when it names every load assignment or route of the snapshot, as
 // Envoy's requests do after each CDS or LDS update, so clients never see a partial set.
@@ -51,6 +52,7 @@ type Server struct {
 	opts   Options
 	log    *slog.Logger
 	cache  cachev3.SnapshotCache
+	wl     *workloadPublisher
 	served atomic.Bool
 
 	builder *builder // owned by the publishing goroutine
@@ -70,7 +72,7 @@ func New(store *services.Store, opts Options) *Server {
 	}
 	log = log.With("component", "xds")
 	return &Server{store: store, opts: opts, log: log,
-		cache: cachev3.NewSnapshotCache(true, allNodes{}, xdsLogger(log))}
+		cache: cachev3.NewSnapshotCache(true, allNodes{}, xdsLogger(log)), wl: newWorkloadPublisher()}
 }
 
 // Serve publishes the store's current state, then a new snapshot on every store change, and
@@ -94,7 +96,14 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	changes := s.store.Watch()
 	s.publish()
 
-	xds := serverv3.NewServer(ctx, s.cache, s.callbacks(), sotw.WithOrderedADS(), sotw.WithLogger(xdsLogger(s.log)))
+	mux := &cachev3.MuxCache{
+		Classify: func(r *cachev3.Request) string { return cacheFor(r.GetTypeUrl()) },
+		ClassifyDelta: func(r *cachev3.DeltaRequest) string {
+			return cacheFor(r.GetTypeUrl())
+		},
+		Caches: map[string]cachev3.Cache{"envoy": s.cache, "workload": s.wl.cache},
+	}
+	xds := serverv3.NewServer(ctx, mux, s.callbacks(), sotw.WithOrderedADS(), sotw.WithLogger(xdsLogger(s.log)))
 	g := grpc.NewServer()
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, xds)
 	clusterservice.RegisterClusterDiscoveryServiceServer(g, xds)
@@ -142,8 +151,18 @@ func (s *Server) publish() {
 		s.log.Error("xDS snapshot not published; clients keep the previous version", "version", changes.Version, "err", err)
 		return
 	}
+	if _, err := s.wl.publish(s.store.Snapshot()); err != nil {
+		s.log.Error("workload API not published; clients keep the previous version", "version", changes.Version, "err", err)
+	}
 	s.log.Info("xDS snapshot published", "version", changes.Version, "services", len(s.builder.services), "changed", len(changes.Services)+len(changes.Deleted),
 		"clusters", len(xs.Resources[types.Cluster].Items), "listeners", len(xs.Resources[types.Listener].Items))
+}
+
+func cacheFor(typeURL string) string {
+	if isWorkloadType(typeURL) {
+		return "workload"
+	}
+	return "envoy"
 }
 
 // callbacks log who connects and every NACK, which names the resource the client rejected.

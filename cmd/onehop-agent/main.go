@@ -29,6 +29,7 @@ import (
 	"github.com/onehop-mesh/onehop/dataplane/agent"
 	"github.com/onehop-mesh/onehop/dataplane/datapath"
 	"github.com/onehop-mesh/onehop/dataplane/model"
+	"github.com/onehop-mesh/onehop/dataplane/workload"
 	"github.com/onehop-mesh/onehop/dataplane/xds"
 )
 
@@ -255,17 +256,34 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return program(c, func() (datapath.ApplyStats, error) { return dp.Programmer.ApplyChanged(c, changed) })
 	}
 	node := cfg.id.Node()
-	client := &xds.Client{Addr: cfg.xdsAddr, Node: node, Delta: cfg.delta, Log: log.With("component", "xds"),
-		Metrics: xds.NewMetrics(reg), Adopted: dp.Adopted().Services, Apply: apply, ApplyChanged: applyChanged}
-	srv := &agent.Server{Enroller: dp.Enrollment, Ready: client.Ready, Healthy: func() error { return nil }, Registry: reg, Log: log,
-		Status: func() any { return dp.Programmer.Programmed() },
-		Config: func() any {
+	var follow follower
+	var status func() any
+	switch cfg.mode {
+	case modeWorkload:
+		wc := &workload.Client{Addr: cfg.xdsAddr, Node: node, Log: log.With("component", "workload-api"),
+			Metrics: workload.NewMetrics(reg), Apply: apply, ApplyChanged: applyChanged}
+		follow = wc
+		status = func() any {
+			return struct {
+				Mode   string `json:"mode"`
+				NodeID string `json:"node_id"`
+				workload.Status
+			}{cfg.mode, node.GetId(), wc.Status()}
+		}
+	default:
+		client := &xds.Client{Addr: cfg.xdsAddr, Node: node, Delta: cfg.delta, Log: log.With("component", "xds"),
+			Metrics: xds.NewMetrics(reg), Adopted: dp.Adopted().Services, Apply: apply, ApplyChanged: applyChanged}
+		follow = client
+		status = func() any {
 			st := xdsStatus{Mode: cfg.mode, NodeID: node.GetId(), Delta: cfg.delta, Report: client.Report(), HeldEmpty: client.HeldEmpty()}
 			if err := client.LastError(); err != nil {
 				st.LastError = err.Error()
 			}
 			return st
-		}}
+		}
+	}
+	srv := &agent.Server{Enroller: dp.Enrollment, Ready: follow.Ready, Healthy: func() error { return nil }, Registry: reg, Log: log,
+		Status: func() any { return dp.Programmer.Programmed() }, Config: status}
 	var servers []*http.Server
 	serve := func(l net.Listener) {
 		s := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
@@ -304,7 +322,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		serve(l)
 	}
 	log.Info("connecting to the control plane", "xds", cfg.xdsAddr, "mode", cfg.mode, "delta", cfg.delta, "node_id", node.GetId())
-	err = client.Run(ctx)
+	err = follow.Run(ctx)
 	for _, s := range servers {
 		s.Close()
 	}
@@ -319,7 +337,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	return err
 }
 
-// xdsStatus is the control plane side of /status.
+// follower follows a control plane and programs what it serves.
+type follower interface {
+	Run(ctx context.Context) error
+	Ready() bool
+}
+
+// xdsStatus is the control plane side of /status in envoy mode.
 type xdsStatus struct {
 	Mode      string `json:"mode"`
 	NodeID    string `json:"node_id"`

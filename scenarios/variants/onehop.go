@@ -37,6 +37,10 @@ type Onehop struct {
 	// AgentBinary is the onehop-agent executable (default: beside this executable, or
 	// $ONEHOP_AGENT_BIN).
 	AgentBinary string
+	// XDSMode is how the agents take their config from the lab's control plane: "envoy"
+	// (Envoy xDS, as istiod serves a sidecar) or "workload" (Istio's ambient workload API, as
+	// istiod serves ztunnel). Default: $ONEHOP_LAB_XDS_MODE, else envoy.
+	XDSMode string
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -52,14 +56,24 @@ var onehopAgents = &Onehop{}
 func init() { Register(onehopAgents) }
 
 func (*Onehop) Name() string { return "onehop" }
-func (*Onehop) Describe() string {
-	return "onehop-agent: eBPF cgroup/connect4+6 service load balancing programmed over xDS, no proxy (plaintext)"
+func (o *Onehop) Describe() string {
+	return "onehop-agent: eBPF cgroup/connect4+6 service load balancing programmed over xDS (" + o.xdsMode() + " mode), no proxy (plaintext)"
 }
 func (o *Onehop) Labels() map[string]string { return map[string]string{DataplaneModeLabel: o.Name()} }
 
 // AgentSocket is the unix socket of a node's agent admin API.
 func AgentSocket(h clusters.NodeHost, node string) string {
 	return filepath.Join(h.RuntimeDir(), "agent-"+node+".sock")
+}
+
+func (o *Onehop) xdsMode() string {
+	if o.XDSMode != "" {
+		return o.XDSMode
+	}
+	if m := os.Getenv("ONEHOP_LAB_XDS_MODE"); m != "" {
+		return m
+	}
+	return "envoy"
 }
 
 func (o *Onehop) agentBinary() (string, error) {
@@ -122,6 +136,7 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 		if ips := h.NodeAddresses(node); len(ips) > 0 {
 			o.argv[node] = append(o.argv[node], "--node-ip", ips[0].String())
 		}
+		o.argv[node] = append(o.argv[node], "--xds-mode", o.xdsMode())
 		p, err := h.StartOnNode(ctx, node, clusters.Command{Name: "onehop-agent", Argv: o.argv[node], Detach: true})
 		if err != nil {
 			return fmt.Errorf("onehop: start agent on %s: %w", node, err)

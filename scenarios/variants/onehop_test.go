@@ -23,6 +23,12 @@ import (
 // first in the port's route configuration, so a VIP routed by the wrong virtual host fails.
 func onehopLab(t *testing.T) (*netns.Cluster, *Onehop) {
 	t.Helper()
+	return onehopLabMode(t, "")
+}
+
+// onehopLabMode is onehopLab with the agents in the given xDS mode ("": the default).
+func onehopLabMode(t *testing.T, mode string) (*netns.Cluster, *Onehop) {
+	t.Helper()
 	bin, p, name := testProvider(t, "tv")
 	web := map[string]string{"app": "web"}
 	spec := clusters.Spec{Name: name, Namespaces: []clusters.Namespace{
@@ -43,7 +49,7 @@ func onehopLab(t *testing.T) (*netns.Cluster, *Onehop) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	v := &Onehop{AgentBinary: bin + "-agent"}
+	v := &Onehop{AgentBinary: bin + "-agent", XDSMode: mode}
 	if err := v.Install(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +93,13 @@ func natPackets(t *testing.T, c *netns.Cluster, vip string) int {
 }
 
 func TestOnehopBalancesInTheKernelOneHop(t *testing.T) {
-	c, _ := onehopLab(t)
+	for _, mode := range []string{"envoy", "workload"} {
+		t.Run(mode, func(t *testing.T) { testOnehopOneHop(t, mode) })
+	}
+}
+
+func testOnehopOneHop(t *testing.T, mode string) {
+	c, _ := onehopLabMode(t, mode)
 	enrolledVIP, plainVIP := serviceIP(t, c, "onehop", "web"), serviceIP(t, c, "plain", "web")
 	for i := 0; i < 10; i++ {
 		status, peer := get(t, c, "onehop-client", "http://"+enrolledVIP+"/echo")
