@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"sync"
@@ -27,8 +26,6 @@ import (
 )
 
 const (
-	defaultBackoffMin = 250 * time.Millisecond
-	defaultBackoffMax = 30 * time.Second
 	// istiod's first response holds every workload and service of the mesh.
 	maxResponseBytes = 256 << 20
 	// A NACK names at most this many rejected resources (and how many more there were).
@@ -156,25 +153,6 @@ func (c *Client) log() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// delay is the n-th reconnect wait (from 0): Min doubling up to Max, half of it random so that
-// agents that lost the same control plane do not come back in step (as xds.Client does).
-func delay(b xds.Backoff, n int) time.Duration {
-	lo, hi := b.Min, b.Max
-	if lo <= 0 {
-		lo = defaultBackoffMin
-	}
-	if hi <= 0 {
-		hi = defaultBackoffMax
-	}
-	hi = max(hi, lo)
-	d := lo
-	for i := 0; i < n && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	return d/2 + rand.N(d/2+1)
-}
-
 // Run follows the control plane until ctx is cancelled, then returns nil. When the stream
 // breaks it keeps the applied config (Apply is not called) and reconnects with backoff,
 // telling the server the versions it holds, so that the server sends what changed meanwhile
@@ -191,25 +169,16 @@ func (c *Client) Run(ctx context.Context) error {
 		c.state.Store(NewState(c.Options))
 		c.versions = map[string]string{}
 	}
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			c.Metrics.reconnect()
-		}
+	c.Backoff.Follow(ctx, func(ctx context.Context) (bool, error) {
 		progressed, err := c.session(ctx)
 		c.setConnected(false)
-		if ctx.Err() != nil {
-			return nil
-		}
+		return progressed, err
+	}, func(err error, d time.Duration) {
 		c.setErr(err)
-		if progressed {
-			attempt = 0
-		}
-		d := delay(c.Backoff, attempt)
+		c.Metrics.reconnect()
 		c.log().Warn("workload API stream lost; keeping the applied config", "addr", c.Addr, "err", err, "retry_in", d)
-		if !sleep(ctx, d) {
-			return nil
-		}
-	}
+	})
+	return nil
 }
 
 func (c *Client) setConnected(up bool) {
@@ -219,16 +188,6 @@ func (c *Client) setConnected(up bool) {
 	c.Metrics.setConnected(up)
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
 
 // session runs one stream; progressed reports whether it got any response.
 func (c *Client) session(ctx context.Context) (progressed bool, err error) {

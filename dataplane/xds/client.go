@@ -44,6 +44,26 @@ type Backoff struct {
 	Min, Max time.Duration
 }
 
+// Follow runs session until ctx is done, again after each loss: at once after a session that
+// got responses, else after a growing delay. lost is told each loss and the wait before the
+// next session. Both control plane clients (Envoy xDS, workload API) follow this way.
+func (b Backoff) Follow(ctx context.Context, session func(context.Context) (progressed bool, err error), lost func(err error, retryIn time.Duration)) {
+	for attempt := 0; ; attempt++ {
+		progressed, err := session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if progressed {
+			attempt = 0
+		}
+		d := b.delay(attempt)
+		lost(err, d)
+		if !sleep(ctx, d) {
+			return
+		}
+	}
+}
+
 // delay is the n-th wait (from 0): Min doubling up to Max, with half of it random so that
 // agents that lost the same control plane do not come back in step.
 func (b Backoff) delay(n int) time.Duration {
@@ -171,25 +191,16 @@ func (c *Client) Run(ctx context.Context) error {
 	if c.acc == nil {
 		c.acc = newAccepted(c.Delta)
 	}
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			c.Metrics.reconnect()
-		}
+	c.Backoff.Follow(ctx, func(ctx context.Context) (bool, error) {
 		progressed, err := c.session(ctx)
 		c.Metrics.setConnected(false)
-		if ctx.Err() != nil {
-			return nil
-		}
+		return progressed, err
+	}, func(err error, d time.Duration) {
 		c.setErr(err)
-		if progressed {
-			attempt = 0
-		}
-		d := c.Backoff.delay(attempt)
+		c.Metrics.reconnect()
 		c.log().Warn("xDS stream lost; keeping the applied config", "addr", c.Addr, "err", err, "retry_in", d)
-		if !sleep(ctx, d) {
-			return nil
-		}
-	}
+	})
+	return nil
 }
 
 // session runs one ADS stream; progressed reports whether it got any response.
