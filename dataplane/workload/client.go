@@ -188,7 +188,6 @@ func (c *Client) setConnected(up bool) {
 	c.Metrics.setConnected(up)
 }
 
-
 // session runs one stream; progressed reports whether it got any response.
 func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 	conn, err := grpc.NewClient(c.Addr,
