@@ -260,7 +260,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	var status func() any
 	switch cfg.mode {
 	case modeWorkload:
-		wc := &workload.Client{Addr: cfg.xdsAddr, Node: node, Log: log.With("component", "workload-api"),
+		wc := &workload.Client{Addr: cfg.xdsAddr, Node: node, Log: log.With("component", "workload-api"), Adopted: dp.Adopted().Services,
 			Metrics: workload.NewMetrics(reg), Apply: apply, ApplyChanged: applyChanged}
 		follow = wc
 		status = func() any {

@@ -53,6 +53,9 @@ type Client struct {
 	Log          *slog.Logger // nil: no logs
 	// Backoff bounds the wait before reconnecting (only then: responses are answered at once).
 	Backoff xds.Backoff
+	// Adopted is how many services the data plane held when the client started: a first
+	// config with no service at all is then held back, as xds.Client.Adopted says.
+	Adopted int
 
 	running atomic.Bool
 	state   atomic.Pointer[State] // made by the first Run; outlives streams
@@ -62,6 +65,7 @@ type Client struct {
 	connected bool
 	lastErr   error
 	applies   uint64
+	held      bool // an empty first config was held back (see Adopted)
 
 	// Owned by Run.
 	versions map[string]string // accepted resources' versions, for a reconnect's initial_resource_versions
@@ -113,6 +117,7 @@ func (c *Client) ServiceByVIP(vip netip.Addr) (ServiceIdentity, bool) {
 // Status is the client's view, for an admin endpoint.
 type Status struct {
 	Ready     bool   `json:"ready"`
+	HeldEmpty bool   `json:"held_empty_config,omitempty"`
 	Connected bool   `json:"connected"`
 	LastError string `json:"last_error,omitempty"`
 	Applies   uint64 `json:"applies"`
@@ -128,7 +133,7 @@ type Status struct {
 // State().Summary() when the mesh is large.
 func (c *Client) Status() Status {
 	c.mu.Lock()
-	st := Status{Ready: c.ready, Connected: c.connected, Applies: c.applies}
+	st := Status{Ready: c.ready, HeldEmpty: c.held, Connected: c.connected, Applies: c.applies}
 	if c.lastErr != nil {
 		st.LastError = c.lastErr.Error()
 	}
@@ -269,6 +274,19 @@ func (c *Client) handle(r *discoveryv3.DeltaDiscoveryResponse, arrived time.Time
 	// changed config. The first one is always applied, to replace whatever the data plane held
 	// before, and so is the next one after a failed Apply, which may have left it half way.
 	applied := false
+	if !c.inSync && len(res.Config.Services) == 0 && c.Adopted > 0 {
+		// As xds.Client: an empty first config would take down every adopted service.
+		c.mu.Lock()
+		first := !c.held
+		c.held = true
+		c.mu.Unlock()
+		if first {
+			log.Warn("the control plane's first config has no service at all: not applied, the services pinned by the previous agent stay programmed "+
+				"(is the node identity right?)", "adopted_services", c.Adopted)
+		}
+		c.Metrics.update(true, 0)
+		return reply
+	}
 	if !c.inSync || len(res.Changed) > 0 {
 		var err error
 		if c.inSync && c.ApplyChanged != nil {
@@ -291,7 +309,7 @@ func (c *Client) handle(r *discoveryv3.DeltaDiscoveryResponse, arrived time.Time
 		c.Metrics.receiptToProgrammed(time.Since(arrived))
 	}
 	c.mu.Lock()
-	c.ready = true
+	c.ready, c.held = true, false
 	if applied {
 		c.applies++
 	}

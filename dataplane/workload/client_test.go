@@ -199,7 +199,7 @@ func testLogger(t *testing.T) *slog.Logger {
 	return nil
 }
 
-func startClient(t *testing.T, cp *controlPlane, dp *dataPlane, incremental bool) (*Client, *prometheus.Registry) {
+func startClient(t *testing.T, cp *controlPlane, dp *dataPlane, incremental bool, set ...func(*Client)) (*Client, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	c := &Client{
@@ -212,6 +212,9 @@ func startClient(t *testing.T, cp *controlPlane, dp *dataPlane, incremental bool
 	}
 	if incremental {
 		c.ApplyChanged = dp.applyChanged
+	}
+	for _, f := range set {
+		f(c)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -459,4 +462,26 @@ func value(c prometheus.Metric) float64 {
 		return m.Counter.GetValue()
 	}
 	return m.Gauge.GetValue()
+}
+
+// A starting agent that adopted pinned services holds back a first config with no service at
+// all, and applies the first one with services.
+func TestClientHoldsAnEmptyFirstConfigOverAdoptedServices(t *testing.T) {
+	cp := newControlPlane(t, resources{}.add(workload("Kubernetes//Pod/demo/lonely", ips("10.244.1.7"))))
+	dp := &dataPlane{}
+	c, _ := startClient(t, cp, dp, true, func(c *Client) { c.Adopted = 2 })
+	waitFor(t, "the empty config to be held", func() bool { return c.Status().HeldEmpty })
+	time.Sleep(100 * time.Millisecond)
+	if a, ch := dp.counts(); a+ch != 0 || c.Ready() {
+		t.Fatalf("%d applies, ready %v: the empty first config must not be applied", a+ch, c.Ready())
+	}
+	cp.set(echoService())
+	cp.set(workload("Kubernetes//Pod/demo/echo-1", ips("10.244.1.5"), of(echo)))
+	dp.waitConfig(t, "the first config with a service", map[string]model.Service{
+		"10.96.0.10:80": fe(echo, ep("10.244.1.5:8080", 1)),
+	})
+	waitFor(t, "ready", c.Ready)
+	if c.Status().HeldEmpty {
+		t.Error("still reported as held")
+	}
 }
