@@ -257,12 +257,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	node := cfg.id.Node()
 	var follow follower
-	var status func() any
+	var status, list func() any
 	switch cfg.mode {
 	case modeWorkload:
 		wc := &workload.Client{Addr: cfg.xdsAddr, Node: node, Log: log.With("component", "workload-api"), Adopted: dp.Adopted().Services,
 			Metrics: workload.NewMetrics(reg), Apply: apply, ApplyChanged: applyChanged}
 		follow = wc
+		list = func() any { return wc.Status().ServiceStatus }
 		status = func() any {
 			return struct {
 				Mode   string `json:"mode"`
@@ -274,6 +275,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		client := &xds.Client{Addr: cfg.xdsAddr, Node: node, Delta: cfg.delta, Log: log.With("component", "xds"),
 			Metrics: xds.NewMetrics(reg), Adopted: dp.Adopted().Services, Apply: apply, ApplyChanged: applyChanged}
 		follow = client
+		list = func() any { return client.Services() }
 		status = func() any {
 			st := xdsStatus{Mode: cfg.mode, NodeID: node.GetId(), Delta: cfg.delta, Report: client.Report(), HeldEmpty: client.HeldEmpty()}
 			if err := client.LastError(); err != nil {
@@ -283,7 +285,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 	}
 	srv := &agent.Server{Enroller: dp.Enrollment, Ready: follow.Ready, Healthy: func() error { return nil }, Registry: reg, Log: log,
-		Status: func() any { return dp.Programmer.Programmed() }, Config: status}
+		Status: func() any { return dp.Programmer.Programmed() }, Config: status, Services: list}
 	var servers []*http.Server
 	serve := func(l net.Listener) {
 		s := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}

@@ -31,6 +31,7 @@ type Enroller interface {
 //	GET  /readyz   200 once everything of the config that can be programmed is programmed
 //	GET  /metrics  Prometheus metrics
 //	GET  /status   JSON summary: ready, what Status and Config return (cheap enough to poll)
+//	GET  /services JSON: every service of the config, programmed or not, and why (walks them all)
 //	POST /enroll   {"netns": "/run/netns/x"}: serve that pod's connections
 //	DELETE /enroll {"netns": ...}: stop serving them; GET /enroll lists enrolled namespaces
 type Server struct {
@@ -39,6 +40,7 @@ type Server struct {
 	Healthy  func() error
 	Status   func() any // optional: what /status reports beside readiness, as "programmed"
 	Config   func() any // optional: the control plane side (identity, rejected services, ...), as "xds"
+	Services func() any // optional: GET /services
 	Registry *prometheus.Registry
 	Log      *slog.Logger
 
@@ -93,6 +95,14 @@ func (s *Server) Handler() http.Handler {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(st)
+	})
+	mux.HandleFunc("GET /services", func(w http.ResponseWriter, _ *http.Request) {
+		if s.Services == nil {
+			http.Error(w, "no service list", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(s.Services())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("POST /enroll", s.enroll(true))

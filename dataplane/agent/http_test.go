@@ -17,7 +17,9 @@ import (
 func TestStatusAndReadiness(t *testing.T) {
 	var ready atomic.Bool
 	srv := &Server{Ready: ready.Load, Healthy: func() error { return nil }, Registry: prometheus.NewRegistry(),
-		Log: slog.New(slog.DiscardHandler), Status: func() any { return map[string]int{"services": 3} }}
+		Log: slog.New(slog.DiscardHandler), Status: func() any { return map[string]int{"services": 3} },
+		Config:   func() any { return map[string]string{"mode": "envoy"} },
+		Services: func() any { return []map[string]string{{"service": "10.96.0.1:80", "issue": "rejected"}} }}
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
 	get := func(path string) (int, string) {
@@ -43,6 +45,12 @@ func TestStatusAndReadiness(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(body), &st); code != http.StatusOK || err != nil || !st.Ready || st.Programmed["services"] != 3 {
 		t.Errorf("/status = %d %q (%v)", code, body, err)
+	}
+	if !strings.Contains(body, `"xds":{"mode":"envoy"}`) {
+		t.Errorf("/status = %q, want the control plane side under xds", body)
+	}
+	if code, body := get("/services"); code != http.StatusOK || !strings.Contains(body, `"service":"10.96.0.1:80"`) {
+		t.Errorf("/services = %d %q", code, body)
 	}
 	if code, body := get("/enroll"); code != http.StatusOK || strings.TrimSpace(body) != "[]" {
 		t.Errorf("GET /enroll with nothing enrolled = %d %q", code, body)

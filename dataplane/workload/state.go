@@ -395,8 +395,10 @@ func newServiceRec(name string, svc *workloadapi.Service, opts Options) *service
 		case tp > 65535:
 			issue("service port %d: target port %d out of range: not programmed", sp, tp)
 			continue
+		case slices.Contains(r.ports, portPair{uint16(sp), uint16(tp)}):
+			continue // the same port twice: istiod lists a TCP and a UDP port of one number so (kube-dns)
 		case slices.ContainsFunc(r.ports, func(q portPair) bool { return q.port == uint16(sp) }):
-			issue("service port %d listed twice: the first one is used", sp)
+			issue("service port %d listed twice with different target ports (a TCP and a UDP port?): the first one is used", sp)
 			continue
 		}
 		r.ports = append(r.ports, portPair{uint16(sp), uint16(tp)})

@@ -96,6 +96,16 @@ func TestTranslate(t *testing.T) {
 			"10.96.0.11:80": fe(other),
 		},
 	}, {
+		name: "a port listed twice (TCP and UDP 53 of kube-dns) is one frontend; with other target ports, reported",
+		res: resources{}.
+			add(service("demo", "echo.demo.svc.cluster.local", vips("10.96.0.10"), ports(53, 53, 53, 53))).
+			add(service("demo", "other.demo.svc.cluster.local", vips("10.96.0.11"), ports(53, 53, 53, 5353))),
+		want: map[string]model.Service{
+			"10.96.0.10:53": fe(echo),
+			"10.96.0.11:53": fe(other),
+		},
+		issues: []string{"demo/other.demo.svc.cluster.local: service port 53 listed twice with different target ports"},
+	}, {
 		name: "headless services and hostname-only workloads program nothing",
 		res: resources{}.
 			add(service("demo", "echo.demo.svc.cluster.local", ports(80, 8080))).

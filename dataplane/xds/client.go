@@ -117,7 +117,8 @@ type Client struct {
 	ready   bool
 	lastErr error
 	report  Report
-	held    bool // an empty first config was held back (see Adopted)
+	held    bool         // an empty first config was held back (see Adopted)
+	current model.Config // what the data plane holds (never modified once applied)
 
 	// Owned by Run: the accepted state outlives streams, so a reconnect starts from it.
 	acc     *accepted
@@ -155,6 +156,57 @@ func (c *Client) Report() Report {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.report
+}
+
+// ServiceState is one service as the client last programmed it, or could not.
+type ServiceState struct {
+	Service    string `json:"service"` // VIP:port
+	Name       string `json:"name,omitempty"`
+	Policy     string `json:"policy,omitempty"`
+	Endpoints  int    `json:"endpoints"`
+	Programmed bool   `json:"programmed"`
+	// Issue is why it is not programmed as asked: rejected (and kept at its previous
+	// version if Programmed), or balanced by its catch-all route but needing a waypoint.
+	Issue  string `json:"issue,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Services lists every service of the last config: programmed, rejected, or needing a
+// waypoint, with the reasons. It walks every service: for a summary poll Report and /status.
+func (c *Client) Services() []ServiceState {
+	c.mu.Lock()
+	cfg, rep := c.current, c.report
+	c.mu.Unlock()
+	byKey := map[string]*ServiceState{}
+	for k, svc := range cfg.Services {
+		n := 0
+		for _, l := range svc.Priorities {
+			n += len(l)
+		}
+		byKey[addrPort(k)] = &ServiceState{Service: addrPort(k), Name: svc.Name, Policy: svc.Policy.String(), Endpoints: n, Programmed: true}
+	}
+	note := func(is Issue, kind string) {
+		if is.Service == "" {
+			return
+		}
+		st := byKey[is.Service]
+		if st == nil {
+			st = &ServiceState{Service: is.Service}
+			byKey[is.Service] = st
+		}
+		st.Issue, st.Reason = kind, is.Reason
+	}
+	for _, is := range rep.NeedsWaypoint {
+		note(is, "needs_waypoint")
+	}
+	for _, is := range rep.Rejected {
+		note(is, "rejected")
+	}
+	out := make([]ServiceState, 0, len(byKey))
+	for _, k := range slices.Sorted(maps.Keys(byKey)) {
+		out = append(out, *byKey[k])
+	}
+	return out
 }
 
 // HeldEmpty reports whether an empty first config is being held back (see Adopted).
@@ -414,7 +466,7 @@ func (c *Client) evaluate(st *streamState, r *response) (cand State, cfg model.C
 	}
 	c.inSync = true
 	c.mu.Lock()
-	c.held = false
+	c.held, c.current = false, cfg
 	c.mu.Unlock()
 	return cand, cfg, true, rejected, nil
 }

@@ -348,6 +348,15 @@ func TestClientNACKsBadUpdates(t *testing.T) {
 			if r := c.Report(); len(r.Rejected) != 1 || r.Rejected[0].Service != "10.96.0.10:80" || !r.Rejected[0].Kept {
 				t.Errorf("Report().Rejected = %+v, want 10.96.0.10:80 kept at its previous version", r.Rejected)
 			}
+			want := []ServiceState{
+				{Service: "10.96.0.10:80", Name: "web", Policy: "round-robin", Endpoints: 1, Programmed: true, Issue: "rejected",
+					Reason: `listener "web" chain #0: cluster "nope" not found in CDS (unknown cluster reference)`},
+				{Service: "10.96.0.11:80", Name: "api", Policy: "random", Endpoints: 1, Programmed: true, Issue: "needs_waypoint",
+					Reason: `virtual host "all": routes "canary", "api" match on path or headers and go elsewhere than the catch-all route; at connect() every connection follows the catch-all (give the service a waypoint for L7 routing)`},
+			}
+			if got := c.Services(); !reflect.DeepEqual(got, want) {
+				t.Errorf("Services() =\n%+v\nwant\n%+v", got, want)
+			}
 			if got := c.metric(t, "onehop_agent_xds_service_issue", "service", "10.96.0.10:80", "issue", "kept_previous"); got != 1 {
 				t.Errorf("onehop_agent_xds_service_issue{service=10.96.0.10:80,issue=kept_previous} = %v, want 1", got)
 			}

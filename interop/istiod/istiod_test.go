@@ -79,7 +79,9 @@ type check struct {
 	refused bool
 	// unreachable: must not be served through onehop (no answer); how it fails is logged.
 	unreachable bool
-	why         string // what this case is about, for failure messages
+	// issue: what GET /services must say of the VIP:port (needs_waypoint, rejected); "" none.
+	issue string
+	why   string // what this case is about, for failure messages
 }
 
 func (c check) target() string { return net.JoinHostPort(c.vip, strconv.Itoa(c.port)) }
@@ -98,7 +100,8 @@ func checks(m agentMode) []check {
 		{name: "tcp", vip: vipDB, port: 5432, host: "db.shop.svc.cluster.local", pods: []string{"db-1", "db-2"}, n: 60},
 		{name: "unnamed-port-sniffed", vip: vipSniff, port: 7000, host: "sniff.shop.svc.cluster.local", pods: []string{"sniff-1", "sniff-2"}, n: 60,
 			why: "protocol sniffing: HTTP and TCP filter chains for the same VIP:port"},
-		{name: "multi-port-http", vip: vipMulti, port: 80, host: "multi.shop.svc.cluster.local", pods: []string{"multi-1", "multi-2"}, n: 60},
+		{name: "multi-port-http", vip: vipMulti, port: 80, host: "multi.shop.svc.cluster.local", pods: []string{"multi-1", "multi-2"}, n: 60,
+			why: "a VirtualService routes /api to web: at connect() everything follows the catch-all route"},
 		{name: "multi-port-grpc", vip: vipMulti, port: 9090, host: "multi.shop.svc.cluster.local", pods: []string{"multi-1", "multi-2"}, n: 60},
 		{name: "multi-port-tcp", vip: vipMulti, port: 6379, host: "multi.shop.svc.cluster.local", pods: []string{"multi-1", "multi-2"}, n: 60},
 		{name: "no-endpoints-http", vip: vipEmpty, port: 80, host: "empty.shop.svc.cluster.local", refused: true, n: 10,
@@ -120,6 +123,11 @@ func checks(m agentMode) []check {
 			check{name: "waypoint", vip: vipReviews, port: 9080, host: "reviews.shop.svc.cluster.local", pods: []string{"waypoint-1"}, n: 20,
 				why: "service labelled istio.io/use-waypoint: connections must land on the waypoint's pod"})
 	} else {
+		for i := range cs {
+			if cs[i].name == "multi-port-http" || cs[i].name == "multi-port-grpc" {
+				cs[i].issue = "needs_waypoint" // a sidecar gets the path route (on every HTTP port); never silently dropped
+			}
+		}
 		cs = append(cs,
 			check{name: "roundrobin-dr", vip: vipRR, port: 7070, host: "rr.shop.svc.cluster.local", pods: []string{"rr-1", "rr-2", "rr-3"}, n: 30, rr: true,
 				why: "DestinationRule loadBalancer ROUND_ROBIN"},
@@ -195,11 +203,13 @@ func runMode(t *testing.T, l *lab, m agentMode) {
 		t.Logf("GET /status after ready: %s", clip(string(raw), 20000))
 	}
 	e.logShapes(t)
+	e.logProgrammed(t)
 	t.Run("ready-means-programmed", func(t *testing.T) { e.readyMeansProgrammed(t, checks(m)) })
 	for _, c := range checks(m) {
 		t.Run(c.name, func(t *testing.T) {
 			e.logStatusFor(t, c.vip, c.host)
 			e.run(t, c)
+			e.checkIssue(t, c)
 		})
 	}
 	t.Run("scale-to-zero-and-back", func(t *testing.T) { e.scaleToZeroAndBack(t) })
@@ -209,21 +219,73 @@ func runMode(t *testing.T, l *lab, m agentMode) {
 	}
 }
 
-// logStatusFor logs what GET /status says about a VIP or hostname (programmed, skipped, why).
+// logStatusFor logs what GET /services says about a VIP or hostname (programmed, skipped, why).
 func (e *env) logStatusFor(t *testing.T, vip, host string) {
 	t.Helper()
-	st, _, err := e.a.status()
+	list, err := e.a.services()
 	if err != nil {
-		t.Logf("GET /status: %v", err)
+		t.Logf("GET /services: %v", err)
 		return
 	}
 	var found []string
-	grepJSON("status", st, needles(vip, host), &found)
+	for i, svc := range list {
+		grepJSON(fmt.Sprintf("services[%d]", i), svc, needles(vip, host), &found)
+	}
 	if len(found) == 0 {
-		t.Logf("/status says nothing about %s or %s", vip, host)
+		t.Logf("/services says nothing about %s or %s", vip, host)
 		return
 	}
-	t.Logf("/status about %s (%s):\n  %s", vip, host, strings.Join(found, "\n  "))
+	t.Logf("/services about %s (%s):\n  %s", vip, host, strings.Join(found, "\n  "))
+}
+
+// checkIssue checks that GET /services reports what c expects of its VIP:port, and nothing
+// when it expects nothing (envoy mode lists each VIP:port; workload mode lists issues per
+// service and is not checked here).
+func (e *env) checkIssue(t *testing.T, c check) {
+	t.Helper()
+	if e.m.workload() {
+		return
+	}
+	list, err := e.a.services()
+	if err != nil {
+		t.Fatalf("GET /services: %v", err)
+	}
+	for _, svc := range list {
+		if svc["service"] != c.target() {
+			continue
+		}
+		if got, _ := svc["issue"].(string); got != c.issue {
+			t.Errorf("/services reports issue %q for %s (%v), want %q", got, c.target(), svc["reason"], c.issue)
+		}
+		return
+	}
+	if !c.unreachable {
+		t.Errorf("/services does not list %s", c.target())
+	}
+}
+
+// logProgrammed logs the figure of the closing note: how many services the agent programmed
+// from istiod's config, and each one it did not program as asked, with the reason.
+func (e *env) logProgrammed(t *testing.T) {
+	t.Helper()
+	list, err := e.a.services()
+	if err != nil {
+		t.Errorf("GET /services: %v", err)
+		return
+	}
+	programmed, issues := 0, []string{}
+	for _, svc := range list {
+		if p, ok := svc["programmed"]; ok && p != false && p != nil {
+			programmed++
+		}
+		if is, ok := svc["issue"]; ok {
+			issues = append(issues, fmt.Sprintf("%v %v: %v", svc["service"], is, svc["reason"]))
+		}
+		if is, ok := svc["issues"]; ok {
+			issues = append(issues, fmt.Sprintf("%v: %s", svc["name"], compact(is)))
+		}
+	}
+	t.Logf("FIGURE %s: %d services listed, %d programmed, %d with issues:\n  %s", e.m.name, len(list), programmed, len(issues), strings.Join(issues, "\n  "))
 }
 
 func needles(vip, host string) func(string) bool {

@@ -375,6 +375,23 @@ func (a *agent) do(method, path string, body any) (int, []byte, error) {
 	return resp.StatusCode, b, err
 }
 
+// services returns GET /services decoded: every service of the agent's config, programmed or
+// not, and why.
+func (a *agent) services() ([]map[string]any, error) {
+	code, b, err := a.do(http.MethodGet, "/services", nil)
+	if err != nil {
+		return nil, err
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("GET /services: %d %s", code, bytes.TrimSpace(b))
+	}
+	var out []map[string]any
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, fmt.Errorf("GET /services: %w", err)
+	}
+	return out, nil
+}
+
 // status returns GET /status decoded, and its raw body.
 func (a *agent) status() (map[string]any, []byte, error) {
 	code, b, err := a.do(http.MethodGet, "/status", nil)

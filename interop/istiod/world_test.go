@@ -127,7 +127,8 @@ func serviceNamed(name string) svcDef {
 }
 
 // istioConfig is the Istio configuration: round robin for rr, 80/20 over two subsets for the
-// TCP service split, and a ServiceEntry whose static endpoints are two lab pods (VMs).
+// TCP service split, a path route of multi's HTTP port to web (L7: needs a waypoint), and a
+// ServiceEntry whose static endpoints are two lab pods (VMs).
 func istioConfig(l *lab) string {
 	return fmt.Sprintf(`apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -177,6 +178,30 @@ spec:
         port:
           number: 7100
       weight: 20
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: multi-paths
+  namespace: shop
+spec:
+  hosts:
+  - multi.shop.svc.cluster.local
+  http:
+  - name: api
+    match:
+    - uri:
+        prefix: /api
+    route:
+    - destination:
+        host: web.shop.svc.cluster.local
+        port:
+          number: 80
+  - route:
+    - destination:
+        host: multi.shop.svc.cluster.local
+        port:
+          number: 80
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
