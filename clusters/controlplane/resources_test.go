@@ -267,6 +267,7 @@ func TestSnapshotsStayConsistent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	wl := newWorkloadPublisher()
 	var applied uint64
 	for step := range 500 {
 		name := names[rng.IntN(len(names))]
@@ -310,6 +311,19 @@ func TestSnapshotsStayConsistent(t *testing.T) {
 			t.Fatalf("step %d (store version %d): incremental: %v", step, snap.Version, err)
 		}
 		applied = changes.Version
+		// The workload API too: following the changes gives what translating everything gives.
+		if err := wl.publish(st); err != nil {
+			t.Fatalf("step %d: workload API: %v", step, err)
+		}
+		full, got := workloadResources(snap), wl.cache.GetResources()
+		if len(full) != len(got) {
+			t.Fatalf("step %d: workload API holds %d resources, want %d", step, len(got), len(full))
+		}
+		for name, a := range full {
+			if !proto.Equal(a, got[name]) {
+				t.Fatalf("step %d: workload API resource %s = %v, want %v", step, name, got[name], a)
+			}
+		}
 		if err := sameSnapshot(inc, xs); err != nil {
 			t.Fatalf("step %d (store version %d): incremental snapshot differs from a full build: %v\nstore:\n%s", step, snap.Version, err, snap)
 		}

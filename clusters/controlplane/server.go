@@ -151,7 +151,7 @@ func (s *Server) publish() {
 		s.log.Error("xDS snapshot not published; clients keep the previous version", "version", changes.Version, "err", err)
 		return
 	}
-	if _, err := s.wl.publish(s.store.Snapshot()); err != nil {
+	if err := s.wl.publish(s.store); err != nil {
 		s.log.Error("workload API not published; clients keep the previous version", "version", changes.Version, "err", err)
 	}
 	s.log.Info("xDS snapshot published", "version", changes.Version, "services", len(s.builder.services), "changed", len(changes.Services)+len(changes.Deleted),
