@@ -43,7 +43,9 @@ func serviceAddress(v services.ServiceView) (name string, a *workloadapi.Address
 }
 
 // podUID is istiod's workload resource name of a pod.
-func podUID(namespace, pod string) string { return fmt.Sprintf("%s//Pod/%s/%s", ClusterID, namespace, pod) }
+func podUID(namespace, pod string) string {
+	return fmt.Sprintf("%s//Pod/%s/%s", ClusterID, namespace, pod)
+}
 
 // podWorkload is a pod's Workload as an endpoint describes it, without its services.
 func podWorkload(namespace string, e services.Endpoint) *workloadapi.Workload {
