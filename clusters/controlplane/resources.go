@@ -118,6 +118,10 @@ type builder struct {
 	// the cache and never written again: apply writes changed types to copies.
 	items    [types.UnknownType]map[string]types.ResourceWithTTL
 	versions [types.UnknownType]map[string]string
+	// typeVersion is each type's version: the store version that last changed it. A State of
+	// the World client gets a type again only when its version moves, so an endpoint change
+	// resends the load assignments, not every listener and cluster (as istiod pushes EDS only).
+	typeVersion [types.UnknownType]string
 }
 
 // built is what one service contributes to the snapshot.
@@ -262,12 +266,25 @@ func (b *builder) apply(c services.Changes) (*cachev3.Snapshot, error) {
 	}
 
 	out := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
+	typeVersion := b.typeVersion
 	for t := range out.Resources {
 		typeURL, err := cachev3.GetResponseTypeURL(types.ResponseType(t))
 		if err != nil {
 			return nil, err
 		}
-		out.Resources[t] = cachev3.Resources{Version: version, Items: items[t]}
+		switch types.ResponseType(t) {
+		case types.Endpoint:
+			if len(next) > 0 || typeVersion[t] == "" {
+				typeVersion[t] = version
+			}
+		case types.Cluster, types.Listener, types.Route:
+			if defined || typeVersion[t] == "" {
+				typeVersion[t] = version
+			}
+		default:
+			typeVersion[t] = version
+		}
+		out.Resources[t] = cachev3.Resources{Version: typeVersion[t], Items: items[t]}
 		out.VersionMap[typeURL] = versions[t]
 	}
 	// An inconsistent snapshot would leave ADS clients waiting for resources that never come.
@@ -279,7 +296,7 @@ func (b *builder) apply(c services.Changes) (*cachev3.Snapshot, error) {
 	} else {
 		maps.Copy(all, next) // no service came or went: next holds only rebuilt ones
 	}
-	b.services, b.items, b.versions = all, items, versions
+	b.services, b.items, b.versions, b.typeVersion = all, items, versions, typeVersion
 	return out, nil
 }
 

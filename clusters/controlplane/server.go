@@ -176,6 +176,11 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			return nil
 		},
 		StreamDeltaRequestFunc: func(id int64, r *discoverygrpc.DeltaDiscoveryRequest) error {
+			if isWorkloadType(r.GetTypeUrl()) {
+				if err := s.wl.want(s.store); err != nil {
+					s.log.Error("workload API not published", "err", err)
+				}
+			}
 			if r.GetErrorDetail() != nil {
 				s.log.Warn("xDS delta response rejected", "node", r.GetNode().GetId(), "stream", id,
 					"type", r.GetTypeUrl(), "err", r.GetErrorDetail().GetMessage())

@@ -207,9 +207,9 @@ func (c *client) waitFor(t *testing.T, version uint64, want []string) {
 			v, _ := strconv.ParseUint(versions[typ], 10, 64)
 			atVersion, newest = atVersion && v == version, max(newest, v)
 		}
-		if c.delta {
-			atVersion = newest == version
-		}
+		// A type's version is the store version that last changed it: the client is at
+		// version once one type is, and it holds what is wanted.
+		atVersion = newest == version
 		want = slices.Sorted(slices.Values(want))
 		if atVersion && slices.Equal(got, want) {
 			if refErr != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -79,8 +80,12 @@ func workloadResources(snap services.Snapshot) map[string]*workloadapi.Address {
 }
 
 // workloadPublisher keeps a linear cache at the store's workload API resources, rebuilding
-// only what the store's changes touch: the changed services and the pods backing them.
+// only what the store's changes touch: the changed services and the pods backing them. It
+// starts when the first client asks for the workload API: until then (agents in envoy mode)
+// it costs nothing.
 type workloadPublisher struct {
+	mu       sync.Mutex
+	wanted   bool
 	cache    *cachev3.LinearCache
 	applied  uint64
 	services map[string]serviceContrib // by store key
@@ -110,8 +115,29 @@ func newWorkloadPublisher() *workloadPublisher {
 		services: map[string]serviceContrib{}, pods: map[string]*podState{}}
 }
 
-// publish brings the cache to the store's current state.
+// want starts publishing, if it has not started, and brings the cache to the store's state.
+// The server calls it on a client's request, before the request is answered.
+func (p *workloadPublisher) want(store *services.Store) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.wanted {
+		return nil
+	}
+	p.wanted = true
+	return p.publishLocked(store)
+}
+
+// publish brings the cache to the store's current state, once a client has asked for it.
 func (p *workloadPublisher) publish(store *services.Store) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.wanted {
+		return nil
+	}
+	return p.publishLocked(store)
+}
+
+func (p *workloadPublisher) publishLocked(store *services.Store) error {
 	update, gone, version := p.apply(store.ChangesSince(p.applied))
 	if len(update) > 0 || len(gone) > 0 {
 		if err := p.cache.UpdateResources(update, gone); err != nil {

@@ -608,7 +608,7 @@ func (a *accepted) wanted() (w map[string][]string, fresh bool) {
 	if a.w == nil {
 		a.w, fresh = map[string][]string{
 			resourcev3.EndpointType: endpointNames(a.state.Clusters),
-			resourcev3.RouteType:    a.tr.routeNames(a.state.Listeners),
+			resourcev3.RouteType:    routeNames(a.state.Listeners),
 		}, true
 	}
 	return a.w, fresh
@@ -668,7 +668,7 @@ func (a *accepted) completes(s *State, seen map[string]bool, typ string) bool {
 			return false
 		}
 	}
-	for _, n := range a.tr.routeNames(s.Listeners) {
+	for _, n := range routeNames(s.Listeners) {
 		if s.Routes[n] == nil {
 			return false
 		}

@@ -180,7 +180,7 @@ func config(svcs ...model.Service) model.Config {
 // state indexes resources by name.
 func state(resources ...proto.Message) State {
 	s := State{
-		Listeners: map[string]*listenerv3.Listener{},
+		Listeners: map[string]*Listener{},
 		Routes:    map[string]*routev3.RouteConfiguration{},
 		Clusters:  map[string]*Cluster{},
 		Endpoints: map[string]*Assignment{},
@@ -188,7 +188,7 @@ func state(resources ...proto.Message) State {
 	for _, r := range resources {
 		switch v := r.(type) {
 		case *listenerv3.Listener:
-			s.Listeners[v.GetName()] = v
+			s.Listeners[v.GetName()] = NewListener(v)
 		case *routev3.RouteConfiguration:
 			s.Routes[v.GetName()] = v
 		case *clusterv3.Cluster:

@@ -59,9 +59,9 @@ func FuzzTranslate(f *testing.F) {
 		s.AwaitingClusters = await
 		var l listenerv3.Listener
 		if proto.Unmarshal(lb, &l) == nil {
-			s.Listeners[l.GetName()] = &l
+			s.Listeners[l.GetName()] = NewListener(&l)
 			if settled { // accepted before: its missing clusters are pending, not errors
-				s.AcceptedListeners = map[string]*listenerv3.Listener{l.GetName(): proto.Clone(&l).(*listenerv3.Listener)}
+				s.AcceptedListeners = map[string]*Listener{l.GetName(): NewListener(proto.Clone(&l).(*listenerv3.Listener))}
 			}
 		}
 		var r routev3.RouteConfiguration

@@ -48,7 +48,7 @@ func incrementalState(n int) (State, map[string]*endpointv3.ClusterLoadAssignmen
 	for i := range n {
 		c := fmt.Sprintf("c%d", i)
 		l := listener(c, fmt.Sprintf("10.97.%d.%d", i/250, i%250+1), 80, chain("", tcpProxy(c)))
-		s.Listeners[l.Name] = l
+		s.Listeners[l.Name] = NewListener(l)
 		s.Clusters[c] = NewCluster(edsCluster(c, rr))
 		names = append(names, c)
 	}

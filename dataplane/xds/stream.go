@@ -10,6 +10,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
@@ -53,8 +54,8 @@ type decoded struct {
 // in the previous response of the type: a SotW response repeats every unchanged resource,
 // and the same message lets the Translator reuse what it translated. Bytes are matched by
 // two 64-bit hashes with random seeds: a collision needs a 128-bit coincidence.
-// Clusters and endpoint assignments are translated as they are decoded and kept as *Cluster
-// and *Assignment.
+// Listeners, clusters and endpoint assignments are translated as they are decoded and kept as
+// *Listener, *Cluster and *Assignment.
 type decoder struct {
 	s1, s2 maphash.Seed
 	prev   map[string]map[[2]uint64]decoded // per type, the last response's messages
@@ -94,6 +95,8 @@ func (d *decoder) decode(typeURL string, res interface {
 	}
 	var v any = m
 	switch m := m.(type) {
+	case *listenerv3.Listener:
+		v = newListener(m, res.GetValue())
 	case *endpointv3.ClusterLoadAssignment:
 		v = newAssignment(m, len(res.GetValue()))
 	case *clusterv3.Cluster:

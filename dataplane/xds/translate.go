@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"math"
 	"math/bits"
@@ -37,7 +38,7 @@ const (
 // State is the xDS resources the translation reads, each map keyed by resource name
 // (Endpoints by ClusterLoadAssignment.cluster_name, i.e. the EDS service name).
 type State struct {
-	Listeners map[string]*listenerv3.Listener
+	Listeners map[string]*Listener
 	Routes    map[string]*routev3.RouteConfiguration
 	Clusters  map[string]*Cluster
 	Endpoints map[string]*Assignment
@@ -52,12 +53,48 @@ type State struct {
 	// only where the update introduced it, in a listener or route that differs from its
 	// accepted version. Elsewhere the cluster is pending like a warming one: control planes
 	// remove a cluster before or after the listener using it, and the other half follows.
-	AcceptedListeners map[string]*listenerv3.Listener
+	AcceptedListeners map[string]*Listener
 	AcceptedRoutes    map[string]*routev3.RouteConfiguration
 
 	// AwaitingClusters makes every missing cluster pending. The client sets it until the
 	// stream's first CDS response, which may come after the first listeners and routes.
 	AwaitingClusters bool
+}
+
+// Listener is an LDS listener as the agent keeps it: the VIP:ports its chains serve and what
+// each chain sends to, worked out once, rather than the decoded message. istiod sends a
+// listener per TCP service VIP; at 10,000 services the decoded messages (and their filters'
+// typed configs) were a third of the agent's heap. Immutable once made.
+type Listener struct {
+	Name   string
+	Size   int    // encoded bytes
+	hash   uint64 // of the encoded bytes: equal hashes, same listener
+	fes    []frontend
+	routed []frontend // chains whose VIPs are the IP domains of their routes' virtual hosts (key unset)
+	err    error
+	routes []string // the RDS names its chains use
+}
+
+// listenerSeed hashes listeners' bytes, the same for every stream, so that a listener accepted
+// on one stream compares equal to the same listener on the next.
+var listenerSeed = maphash.MakeSeed()
+
+// NewListener translates l for State.Listeners.
+func NewListener(l *listenerv3.Listener) *Listener {
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(l)
+	return newListener(l, b)
+}
+
+func newListener(l *listenerv3.Listener, wire []byte) *Listener {
+	out := &Listener{Name: l.GetName(), Size: len(wire), hash: maphash.Bytes(listenerSeed, wire), routes: listenerRoutes(l)}
+	out.fes, out.routed, out.err = frontends(out.Name, l)
+	for i := range out.fes {
+		out.fes[i].chain.l = out
+	}
+	for i := range out.routed {
+		out.routed[i].chain.l = out
+	}
+	return out
 }
 
 // Assignment is an EDS ClusterLoadAssignment as the agent keeps it: its endpoints already
@@ -157,24 +194,15 @@ type Translator struct {
 }
 
 type memo struct {
-	sizes     [2]map[string]sized // listeners, routes (clusters and assignments carry their size)
-	listeners map[string]*listenerMemo
-	routes    map[string]*routeMemo
-	clusters  map[string]*clusterResult
-	services  map[model.Key]*serviceResult
+	routeSizes map[string]sized // (listeners, clusters and assignments carry their size)
+	routes     map[string]*routeMemo
+	clusters   map[string]*clusterResult
+	services   map[model.Key]*serviceResult
 }
 
 type sized struct {
 	msg proto.Message
 	n   int
-}
-
-type listenerMemo struct {
-	l      *listenerv3.Listener
-	fes    []frontend
-	routed []frontend // chains whose VIPs are the IP domains of their routes' virtual hosts (key unset)
-	err    error
-	routes []string // the RDS names its chains use
 }
 
 type routeMemo struct {
@@ -191,7 +219,7 @@ type routeResult struct {
 
 // serviceResult is a service as assembled from its chain and clusters.
 type serviceResult struct {
-	chain    *listenerv3.FilterChain
+	chain    chainID
 	targets  []target
 	backends []*clusterResult
 	svc      model.Service
@@ -200,11 +228,8 @@ type serviceResult struct {
 
 func (tr *Translator) memo() *memo {
 	if tr.m == nil {
-		tr.m = &memo{listeners: map[string]*listenerMemo{}, routes: map[string]*routeMemo{},
+		tr.m = &memo{routeSizes: map[string]sized{}, routes: map[string]*routeMemo{},
 			clusters: map[string]*clusterResult{}, services: map[model.Key]*serviceResult{}}
-		for i := range tr.m.sizes {
-			tr.m.sizes[i] = map[string]sized{}
-		}
 	}
 	return tr.m
 }
@@ -249,9 +274,7 @@ func (tr *Translator) Translate(s *State) (model.Config, error) {
 	idx := &index{byCluster: map[string][]int{}, byEDS: map[string][]string{}}
 	chosen := map[model.Key]int{} // the frontend serving each VIP:port, by position in fes
 	defer func() {
-		sweep(m.sizes[0], s.Listeners)
-		sweep(m.sizes[1], s.Routes)
-		sweep(m.listeners, s.Listeners)
+		sweep(m.routeSizes, s.Routes)
 		sweep(m.routes, s.Routes)
 		sweep(m.clusters, s.Clusters)
 		sweep(m.services, chosen)
@@ -264,17 +287,17 @@ func (tr *Translator) Translate(s *State) (model.Config, error) {
 	names := slices.Sorted(maps.Keys(s.Listeners))
 	var fes []frontend
 	for _, name := range names {
-		lm := tr.listener(name, s.Listeners[name])
-		if lm.err != nil {
-			tr.is.resources = append(tr.is.resources, Issue{Resource: fmt.Sprintf("listener %q", name), Reason: lm.err.Error()})
+		l := s.Listeners[name]
+		if l.err != nil {
+			tr.is.resources = append(tr.is.resources, Issue{Resource: fmt.Sprintf("listener %q", name), Reason: l.err.Error()})
 			continue
 		}
-		fes = append(fes, lm.fes...)
+		fes = append(fes, l.fes...)
 	}
 	// VIPs named only by route domains come after every VIP a chain names itself: a chain
 	// for the VIP (Istio's VIP-bound listeners) is the more specific match, as in Envoy.
 	for _, name := range names {
-		for _, fe := range tr.listener(name, s.Listeners[name]).routed {
+		for _, fe := range s.Listeners[name].routed {
 			fes = append(fes, t.routedFrontends(fe)...)
 		}
 	}
@@ -318,13 +341,13 @@ func addrPort(k model.Key) string { return netip.AddrPortFrom(k.VIP, k.Port).Str
 // virtual hosts (Istio's 0.0.0.0_<port> listeners for HTTP ports) a frontend per VIP. A route
 // configuration that has not arrived gives none yet.
 func (t *translator) routedFrontends(fe frontend) []frontend {
-	rc := fe.h.GetRouteConfig()
+	rc := fe.h.inline
 	where := fe.where
-	if rds := fe.h.GetRds(); rds != nil {
-		if rc = t.s.Routes[rds.GetRouteConfigName()]; rc == nil {
+	if fe.h.rds {
+		if rc = t.s.Routes[fe.h.rdsName]; rc == nil {
 			return nil
 		}
-		where = fmt.Sprintf("%s route_configuration %q", fe.where, rds.GetRouteConfigName())
+		where = fmt.Sprintf("%s route_configuration %q", fe.where, fe.h.rdsName)
 	}
 	if rc == nil {
 		return nil
@@ -452,15 +475,15 @@ func sameService(x, y model.Service) bool {
 }
 
 func (tr *Translator) checkSizes(s *State) error {
-	sz := tr.memo().sizes
 	return errors.Join(
-		checkSize(sz[0], "listener", s.Listeners),
-		checkSize(sz[1], "route_configuration", s.Routes),
+		checkMeasured("listener", s.Listeners),
+		checkSize(tr.memo().routeSizes, "route_configuration", s.Routes),
 		checkMeasured("cluster", s.Clusters),
 		checkMeasured("cluster_load_assignment", s.Endpoints),
 	)
 }
 
+func (l *Listener) encodedSize() int   { return l.Size }
 func (c *Cluster) encodedSize() int    { return c.Size }
 func (a *Assignment) encodedSize() int { return a.Size }
 
@@ -503,16 +526,6 @@ func checkSize[M proto.Message](memo map[string]sized, kind string, m map[string
 	return tooBig(kind, name, proto.Size(m[name]))
 }
 
-func (tr *Translator) listener(name string, l *listenerv3.Listener) *listenerMemo {
-	lm := tr.memo().listeners[name]
-	if lm == nil || lm.l != l {
-		lm = &listenerMemo{l: l, routes: listenerRoutes(l)}
-		lm.fes, lm.routed, lm.err = frontends(name, l)
-		tr.m.listeners[name] = lm
-	}
-	return lm
-}
-
 func (tr *Translator) routeMemo(rc *routev3.RouteConfiguration) *routeMemo {
 	rm := tr.memo().routes[rc.GetName()]
 	if rm == nil || rm.rc != rc {
@@ -532,23 +545,12 @@ func (tr *Translator) routeTargets(rc *routev3.RouteConfiguration, key model.Key
 	return r.ts, r.l7, r.err
 }
 
-// routeNames is the package's routeNames, reading each listener's chains once.
-func (tr *Translator) routeNames(ls map[string]*listenerv3.Listener) []string {
-	set := map[string]bool{}
-	for name, l := range ls {
-		for _, n := range tr.listener(name, l).routes {
-			set[n] = true
-		}
-	}
-	return slices.Sorted(maps.Keys(set))
-}
-
 // frontend is one VIP:port served by a listener filter chain.
 type frontend struct {
 	key      model.Key
 	listener string
 	where    string // `listener "x" chain "y"`, for errors
-	chain    *listenerv3.FilterChain
+	chain    chainID
 	// rank orders the chains that serve one VIP:port, the lowest serving it: a chain without
 	// further match criteria (0), then chains that also match on what connect() cannot see
 	// (transport or application protocol, SNI, source: 1 per criterion; Istio splits a
@@ -558,8 +560,29 @@ type frontend struct {
 	// What the chain's network filter sends to, worked out once for all its VIPs: the
 	// clusters of a tcp_proxy, or the http_connection_manager whose routes name them.
 	fixed []target
-	h     *hcmv3.HttpConnectionManager
+	h     *httpRoutes
 	ferr  error
+}
+
+// chainID names one filter chain of one listener, for the memo of assembled services.
+type chainID struct {
+	l *Listener
+	i int
+}
+
+// httpRoutes is what an http_connection_manager says of its routes: an RDS name, or an inline
+// route configuration.
+type httpRoutes struct {
+	rds     bool
+	rdsName string
+	inline  *routev3.RouteConfiguration
+}
+
+func newHTTPRoutes(h *hcmv3.HttpConnectionManager) *httpRoutes {
+	if rds := h.GetRds(); rds != nil {
+		return &httpRoutes{rds: true, rdsName: rds.GetRouteConfigName()}
+	}
+	return &httpRoutes{inline: h.GetRouteConfig()}
 }
 
 // Ranks of frontends beyond the match criteria count (see frontend.rank).
@@ -620,7 +643,7 @@ func frontends(name string, l *listenerv3.Listener) (fes, routed []frontend, err
 				// A port-wide chain: HTTP routes name their VIPs in virtual host domains
 				// (Istio's 0.0.0.0_<port> listeners); anything else is passthrough.
 				if _, h, err := networkFilter(fc); err == nil && h != nil {
-					routed = append(routed, frontend{key: model.Key{Port: p}, listener: name, where: cw, chain: fc, h: h, rank: rankRouteDomain})
+					routed = append(routed, frontend{key: model.Key{Port: p}, listener: name, where: cw, chain: chainID{i: i}, h: newHTTPRoutes(h), rank: rankRouteDomain})
 				}
 				continue
 			}
@@ -639,17 +662,22 @@ func frontends(name string, l *listenerv3.Listener) (fes, routed []frontend, err
 			vips = append(vips, a)
 		}
 		var fixed []target
-		var h *hcmv3.HttpConnectionManager
+		var h *httpRoutes
 		var ferr error
 		if len(vips) > 0 {
-			var tp *tcpproxyv3.TcpProxy
-			if tp, h, ferr = networkFilter(fc); tp != nil {
+			tp, hcm, err := networkFilter(fc)
+			switch {
+			case err != nil:
+				ferr = err
+			case tp != nil:
 				fixed, ferr = tcpProxyTargets(tp)
+			default:
+				h = newHTTPRoutes(hcm)
 			}
 		}
 		for _, vip := range vips {
 			key := model.Key{VIP: vip, Port: p, Proto: model.TCP}
-			out = append(out, frontend{key: key, listener: name, where: cw, chain: fc, fixed: fixed, h: h, ferr: ferr, rank: rank})
+			out = append(out, frontend{key: key, listener: name, where: cw, chain: chainID{i: i}, fixed: fixed, h: h, ferr: ferr, rank: rank})
 		}
 	}
 	return out, routed, nil
@@ -708,10 +736,10 @@ func networkFilter(fc *listenerv3.FilterChain) (*tcpproxyv3.TcpProxy, *hcmv3.Htt
 
 // routeNames returns the RDS names the listeners reference, for the client's subscription.
 // Chains that do not parse are skipped here: Translate reports them.
-func routeNames(ls map[string]*listenerv3.Listener) []string {
+func routeNames(ls map[string]*Listener) []string {
 	set := map[string]bool{}
 	for _, l := range ls {
-		for _, n := range listenerRoutes(l) {
+		for _, n := range l.routes {
 			set[n] = true
 		}
 	}
@@ -781,7 +809,8 @@ func (t *translator) unchanged(o origin) bool {
 		u = ok && proto.Equal(prev, t.s.Routes[o.name])
 	} else {
 		prev, ok := t.s.AcceptedListeners[o.name]
-		u = ok && proto.Equal(prev, t.s.Listeners[o.name])
+		cur := t.s.Listeners[o.name]
+		u = ok && cur != nil && (prev == cur || prev.hash == cur.hash && prev.Size == cur.Size)
 	}
 	t.settled[o] = u
 	return u
@@ -902,9 +931,9 @@ func (t *translator) targets(fe frontend) ([]target, origin, string, status, err
 	if fe.fixed != nil {
 		return fe.fixed, from, "", ready, nil
 	}
-	rc := h.GetRouteConfig()
-	if rds := h.GetRds(); rds != nil {
-		name := rds.GetRouteConfigName()
+	rc := h.inline
+	if h.rds {
+		name := h.rdsName
 		if name == "" {
 			return nil, from, "", 0, errors.New("http_connection_manager: rds has no route_config_name")
 		}

@@ -190,7 +190,7 @@ func TestTranslate(t *testing.T) {
 			name: "a cluster removed from CDS under an unchanged listener is pending, not an error",
 			state: func() State {
 				s := state(webL)
-				s.Previous, s.AcceptedListeners = config(webWant), map[string]*listenerv3.Listener{"web": webL}
+				s.Previous, s.AcceptedListeners = config(webWant), map[string]*Listener{"web": NewListener(webL)}
 				return s
 			}(),
 			want: config(webWant),
@@ -260,7 +260,7 @@ func TestTranslate(t *testing.T) {
 			name: "unknown cluster in a listener changed by the update, even with a previous service",
 			state: func() State {
 				s := state(listener("web", "10.96.0.10", 80, chain("c", tcpProxy("nope"))), webC, webE)
-				s.Previous, s.AcceptedListeners = config(webWant), map[string]*listenerv3.Listener{"web": webL}
+				s.Previous, s.AcceptedListeners = config(webWant), map[string]*Listener{"web": NewListener(webL)}
 				return s
 			}(),
 			wantErr: `listener "web" chain "c": cluster "nope" not found in CDS`,
@@ -472,7 +472,7 @@ func manyServices(n int) State {
 				&corev3.CidrRange{AddressPrefix: a.String(), PrefixLen: w(32)})
 		}
 		l := listener(fmt.Sprintf("0.0.0.0_%d", port), "0.0.0.0", port, fc)
-		s.Listeners[l.Name] = l
+		s.Listeners[l.Name] = NewListener(l)
 	}
 	return s
 }
