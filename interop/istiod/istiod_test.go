@@ -124,8 +124,8 @@ func checks(m agentMode) []check {
 				why: "service labelled istio.io/use-waypoint: connections must land on the waypoint's pod"})
 	} else {
 		for i := range cs {
-			if cs[i].name == "multi-port-http" || cs[i].name == "multi-port-grpc" {
-				cs[i].issue = "needs_waypoint" // a sidecar gets the path route (on every HTTP port); never silently dropped
+			if cs[i].name == "multi-port-http" {
+				cs[i].issue = "needs_waypoint" // a sidecar gets the path route; never silently dropped
 			}
 		}
 		cs = append(cs,
@@ -171,11 +171,11 @@ type env struct {
 // client pod and waits until the agent is ready.
 func setup(t *testing.T, l *lab, m agentMode) *env {
 	t.Helper()
-	fake, addr := startIstiod(t, kubeWorld(t, l, m), istioConfig(l), m.workload())
+	fake, addr := startIstiod(t, kubeWorld(t, labKube(l, worldPods()), m), istioConfig(l.ip), m.workload())
 	a := startAgent(t, l, "n1", addr, m)
 	a.waitUp(t, 15*time.Second)
 	a.enroll(t, l.c.NetnsPath("client"))
-	e := &env{l: l, m: m, fake: fake, a: a, b: kubeBuilder{l: l, pods: worldPods()}}
+	e := &env{l: l, m: m, fake: fake, a: a, b: labKube(l, worldPods())}
 	took := a.waitReady(t, 30*time.Second, func() { e.logShapes(t) })
 	t.Logf("agent ready %v after its admin socket answered", took.Round(time.Millisecond))
 	return e

@@ -55,8 +55,14 @@ func (s svcDef) host() string { return s.Name + "." + s.Namespace + ".svc.cluste
 
 // kubeBuilder makes Kubernetes objects from lab pods and service definitions.
 type kubeBuilder struct {
-	l    *lab
-	pods []podDef
+	ip     func(pod string) string  // a pod's IP
+	nodeIP func(node string) string // a node's IP
+	pods   []podDef
+}
+
+// labKube is a kubeBuilder for the lab's pods, at their lab IPs.
+func labKube(l *lab, pods []podDef) kubeBuilder {
+	return kubeBuilder{ip: l.ip, nodeIP: func(n string) string { return l.c.NodeAddresses(n)[0].String() }, pods: pods}
 }
 
 func (b kubeBuilder) pod(name string) podDef {
@@ -94,7 +100,7 @@ func mergeLabels(ms ...map[string]string) map[string]string {
 
 // node is a Kubernetes Node for a lab node.
 func (b kubeBuilder) node(name string) *corev1.Node {
-	ip := b.l.c.NodeAddresses(name)[0].String()
+	ip := b.nodeIP(name)
 	return &corev1.Node{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Node"},
 		ObjectMeta: metav1.ObjectMeta{Name: name, UID: uid("node", "", name), Labels: map[string]string{
 			"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
@@ -106,7 +112,7 @@ func (b kubeBuilder) node(name string) *corev1.Node {
 
 // kubePod is the Pod of a lab pod: running and ready, with the lab's IP.
 func (b kubeBuilder) kubePod(pd podDef) *corev1.Pod {
-	ip := b.l.ip(pd.Name)
+	ip := b.ip(pd.Name)
 	sa := pd.SA
 	if sa == "" {
 		sa = pd.Labels["app"]
@@ -118,7 +124,7 @@ func (b kubeBuilder) kubePod(pd podDef) *corev1.Pod {
 	for _, p := range pd.Serve {
 		ports = append(ports, corev1.ContainerPort{ContainerPort: int32(p), Protocol: corev1.ProtocolTCP})
 	}
-	hostIP := b.l.c.NodeAddresses(pd.Node)[0].String()
+	hostIP := b.nodeIP(pd.Node)
 	return &corev1.Pod{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
 		ObjectMeta: metav1.ObjectMeta{Name: pd.Name, Namespace: pd.Namespace, UID: uid("pod", pd.Namespace, pd.Name), Labels: pd.Labels},
 		Spec: corev1.PodSpec{NodeName: pd.Node, ServiceAccountName: sa,
@@ -134,7 +140,7 @@ func (b kubeBuilder) kubePod(pd podDef) *corev1.Pod {
 
 // agentPod is the onehop-agent DaemonSet's pod on a node: host network, so its IP is the node's.
 func (b kubeBuilder) agentPod(node string) *corev1.Pod {
-	ip := b.l.c.NodeAddresses(node)[0].String()
+	ip := b.nodeIP(node)
 	labels := map[string]string{"app": "onehop-agent"}
 	return &corev1.Pod{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
 		ObjectMeta: metav1.ObjectMeta{Name: "onehop-agent-" + node, Namespace: "istio-system", UID: uid("pod", "istio-system", "onehop-agent-"+node), Labels: labels},
@@ -196,7 +202,7 @@ func (b kubeBuilder) endpointSlice(s svcDef, pods []podDef) *discoveryv1.Endpoin
 	for _, p := range pods {
 		node := p.Node
 		eps = append(eps, discoveryv1.Endpoint{
-			Addresses:  []string{b.l.ip(p.Name)},
+			Addresses:  []string{b.ip(p.Name)},
 			Conditions: discoveryv1.EndpointConditions{Ready: boolp(true), Serving: boolp(true), Terminating: boolp(false)},
 			NodeName:   &node,
 			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: p.Namespace, Name: p.Name, UID: uid("pod", p.Namespace, p.Name)},
@@ -204,7 +210,7 @@ func (b kubeBuilder) endpointSlice(s svcDef, pods []podDef) *discoveryv1.Endpoin
 	}
 	for _, a := range s.Addresses {
 		eps = append(eps, discoveryv1.Endpoint{
-			Addresses:  []string{b.l.ip(a)},
+			Addresses:  []string{b.ip(a)},
 			Conditions: discoveryv1.EndpointConditions{Ready: boolp(true), Serving: boolp(true), Terminating: boolp(false)},
 		})
 	}

@@ -39,7 +39,7 @@ func TestPushToProgrammed(t *testing.T) {
 }
 
 func pushToProgrammed(t *testing.T, l *lab, m agentMode, pods []podDef) {
-	b := kubeBuilder{l: l, pods: pods}
+	b := labKube(l, pods)
 	svc := svcDef{Name: "flip", Namespace: "shop", VIP: vipFlip, Selector: app("flip"), Ports: []portDef{{Name: "tcp", Port: 7300, Target: 7300}}}
 	objs := []runtime.Object{kubeNamespace("shop", nil), kubeNamespace(agentNamespace, nil), b.node("n1"), b.node("n2"), b.agentPod("n1"), b.agentPod("n2")}
 	for _, p := range pods {

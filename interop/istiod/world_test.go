@@ -129,7 +129,7 @@ func serviceNamed(name string) svcDef {
 // istioConfig is the Istio configuration: round robin for rr, 80/20 over two subsets for the
 // TCP service split, a path route of multi's HTTP port to web (L7: needs a waypoint), and a
 // ServiceEntry whose static endpoints are two lab pods (VMs).
-func istioConfig(l *lab) string {
+func istioConfig(ip func(pod string) string) string {
 	return fmt.Sprintf(`apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata:
@@ -192,12 +192,15 @@ spec:
     match:
     - uri:
         prefix: /api
+      port: 80
     route:
     - destination:
         host: web.shop.svc.cluster.local
         port:
           number: 80
-  - route:
+  - match:
+    - port: 80
+    route:
     - destination:
         host: multi.shop.svc.cluster.local
         port:
@@ -221,7 +224,7 @@ spec:
   endpoints:
   - address: %s
   - address: %s
-`, vipLegacy, l.ip("legacy-1"), l.ip("legacy-2"))
+`, vipLegacy, ip("legacy-1"), ip("legacy-2"))
 }
 
 // kubeWorld is the fake Kubernetes API's content: namespaces, nodes, pods (and the agent's
@@ -229,9 +232,8 @@ spec:
 // Gateway, and the Istio configuration (the ambient index reads Istio resources from
 // Kubernetes, the sidecar generators from the config store: istio's own ambient tests give
 // both the same objects).
-func kubeWorld(t *testing.T, l *lab, m agentMode) string {
+func kubeWorld(t *testing.T, b kubeBuilder, m agentMode) string {
 	t.Helper()
-	b := kubeBuilder{l: l, pods: worldPods()}
 	shopLabels := map[string]string{}
 	if m.workload() {
 		shopLabels["istio.io/dataplane-mode"] = "ambient"
@@ -253,7 +255,7 @@ func kubeWorld(t *testing.T, l *lab, m agentMode) string {
 		objs = append(objs, b.service(s), b.endpointSlice(s, b.selected(s)))
 	}
 	objs = append(objs, waypointObjects("shop", "waypoint", vipWaypoint)...)
-	return toYAML(t, objs) + "\n---\n" + istioConfig(l)
+	return toYAML(t, objs) + "\n---\n" + istioConfig(b.ip)
 }
 
 func joinLines(lines []string) string { return strings.Join(lines, "\n") }
