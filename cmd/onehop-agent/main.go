@@ -41,6 +41,7 @@ type config struct {
 	memoryLimit                                                                   int64 // bytes; 0: none
 	mode                                                                          string
 	id                                                                            xds.Identity
+	fetchTimeout                                                                  time.Duration
 }
 
 // Modes of taking configuration from the control plane.
@@ -90,6 +91,13 @@ func parseFlags(args []string) (config, error) {
 	fs.BoolVar(&c.trackConns, "track-connections", track, "track established connections with sockops (costs a few percent of a new connection's latency) [ONEHOP_TRACK_CONNECTIONS]")
 	delta, _ := strconv.ParseBool(envOr("false", "ONEHOP_XDS_DELTA"))
 	fs.BoolVar(&c.delta, "delta", delta, "use incremental (Delta) xDS instead of State-of-the-World [ONEHOP_XDS_DELTA]")
+	fs.DurationVar(&c.fetchTimeout, "initial-fetch-timeout", xds.DefaultInitialFetchTimeout,
+		"envoy mode: how long an endpoint assignment or route configuration the config names may take to arrive before it is taken as empty [ONEHOP_INITIAL_FETCH_TIMEOUT]")
+	if v, ok := os.LookupEnv("ONEHOP_INITIAL_FETCH_TIMEOUT"); ok {
+		if err := fs.Set("initial-fetch-timeout", v); err != nil {
+			return c, fmt.Errorf("ONEHOP_INITIAL_FETCH_TIMEOUT: %w", err)
+		}
+	}
 	memLimit := fs.String("memory-limit", envOr(defaultMemoryLimit, "ONEHOP_MEMORY_LIMIT"),
 		"soft limit of the agent's Go memory, e.g. 75MiB or 1GiB; 0 disables; GOMEMLIMIT, when set, wins [ONEHOP_MEMORY_LIMIT]")
 	if err := fs.Parse(args); err != nil {
@@ -273,7 +281,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 	default:
 		client := &xds.Client{Addr: cfg.xdsAddr, Node: node, Delta: cfg.delta, Log: log.With("component", "xds"),
-			Metrics: xds.NewMetrics(reg), Adopted: dp.Adopted().Services, Apply: apply, ApplyChanged: applyChanged}
+			Metrics: xds.NewMetrics(reg), Adopted: dp.Adopted().Services, InitialFetchTimeout: cfg.fetchTimeout, Apply: apply, ApplyChanged: applyChanged}
 		follow = client
 		list = func() any { return client.Services() }
 		status = func() any {

@@ -92,6 +92,10 @@ type Client struct {
 	// a node of NodeID and Cluster.
 	Node  *corev3.Node
 	Delta bool // Delta xDS instead of State of the World
+	// InitialFetchTimeout is how long an endpoint assignment or route configuration that the
+	// listeners and clusters name may take to arrive before it is taken as empty (its
+	// services programmed with no endpoints, or reported). Zero: DefaultInitialFetchTimeout.
+	InitialFetchTimeout time.Duration
 	// Adopted is how many services the data plane held when the client started (pinned by an
 	// earlier agent). A first config with no service at all is then not applied: it would take
 	// every one of them down, and it is what a control plane sends a node it does not know
@@ -292,16 +296,59 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 	}
 	c.Metrics.setConnected(true)
 	c.log().Info("xDS stream open", "addr", c.Addr, "delta", c.Delta, "node", c.NodeID)
-	st := &streamState{seen: map[string]bool{}, nacks: map[string]string{}}
-	for {
-		r, err := s.recv()
-		if err != nil {
-			return progressed, fmt.Errorf("ADS stream from %s: %w", c.Addr, err)
+	st := &streamState{seen: map[string]bool{}, nacks: map[string]string{}, waiting: map[string]map[string]time.Time{}}
+	// Receive on a goroutine of its own, so that the wait for resources that never come can
+	// time out; everything else (decoding included) stays on this one.
+	type received struct {
+		msg     any
+		err     error
+		arrived time.Time
+	}
+	msgs := make(chan received)
+	go func() {
+		for {
+			m, err := s.next()
+			select {
+			case msgs <- received{m, err, time.Now()}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
 		}
-		progressed = true
+	}()
+	c.track(st)
+	for {
+		var expiry <-chan time.Time
+		var timer *time.Timer
+		if d, ok := c.nextExpiry(st); ok {
+			timer = time.NewTimer(d)
+			expiry = timer.C
+		}
+		var r *response
+		select {
+		case m := <-msgs:
+			if m.err != nil {
+				return progressed, fmt.Errorf("ADS stream from %s: %w", c.Addr, m.err)
+			}
+			progressed = true
+			r = s.decode(m.msg, m.arrived)
+		case <-expiry:
+			r = c.expired(st)
+		case <-ctx.Done():
+			return progressed, ctx.Err()
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		if r == nil {
+			continue
+		}
 		if err := c.handle(ctx, s, st, r); err != nil {
 			return progressed, fmt.Errorf("ADS stream to %s: %w", c.Addr, err)
 		}
+		c.track(st)
 	}
 }
 
@@ -309,6 +356,89 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 type streamState struct {
 	seen  map[string]bool   // types accepted on this stream
 	nacks map[string]string // per type, the NACK reason last logged
+	// waiting is, per type (EDS, RDS), the names followed but not received, since when.
+	waiting map[string]map[string]time.Time
+}
+
+// DefaultInitialFetchTimeout is how long the client waits for an endpoint assignment or route
+// configuration it follows before taking it as empty, as Envoy's initial_fetch_timeout.
+const DefaultInitialFetchTimeout = 15 * time.Second
+
+func (c *Client) fetchTimeout() time.Duration {
+	if c.InitialFetchTimeout > 0 {
+		return c.InitialFetchTimeout
+	}
+	return DefaultInitialFetchTimeout
+}
+
+// track notes the followed EDS and RDS names that have not arrived, and since when.
+func (c *Client) track(st *streamState) {
+	w, _ := c.acc.wanted()
+	now := time.Now()
+	for _, typ := range []string{resourcev3.EndpointType, resourcev3.RouteType} {
+		was := st.waiting[typ]
+		next := map[string]time.Time{}
+		for _, n := range w[typ] {
+			if c.acc.has(typ, n) {
+				continue
+			}
+			if at, ok := was[n]; ok {
+				next[n] = at
+			} else {
+				next[n] = now
+			}
+		}
+		st.waiting[typ] = next
+	}
+}
+
+// nextExpiry is how long until the oldest name waited for times out.
+func (c *Client) nextExpiry(st *streamState) (time.Duration, bool) {
+	var oldest time.Time
+	for _, names := range st.waiting {
+		for _, at := range names {
+			if oldest.IsZero() || at.Before(oldest) {
+				oldest = at
+			}
+		}
+	}
+	if oldest.IsZero() {
+		return 0, false
+	}
+	return max(time.Until(oldest.Add(c.fetchTimeout())), 0), true
+}
+
+// expired makes a synthetic response holding, empty, the resources of one type waited for
+// longer than the fetch timeout: a control plane that never sends a cluster's endpoints (or a
+// route) leaves its services with none (or reports them), instead of pending for ever and
+// keeping the agent unready. A later real resource replaces it.
+func (c *Client) expired(st *streamState) *response {
+	deadline := time.Now().Add(-c.fetchTimeout())
+	for _, typ := range []string{resourcev3.EndpointType, resourcev3.RouteType} {
+		var late []string
+		for n, at := range st.waiting[typ] {
+			if !at.After(deadline) {
+				late = append(late, n)
+			}
+		}
+		if len(late) == 0 {
+			continue
+		}
+		slices.Sort(late)
+		r := &response{typeURL: typ, version: "(not received)", upsert: map[string]resource{}, arrived: time.Now(), synthetic: true}
+		for _, n := range late {
+			delete(st.waiting[typ], n)
+			if typ == resourcev3.EndpointType {
+				r.upsert[n] = resource{msg: &Assignment{Name: n}}
+			} else {
+				r.upsert[n] = resource{msg: &routev3.RouteConfiguration{Name: n}}
+			}
+		}
+		c.log().Warn(fmt.Sprintf("%s not received within %v: taken as empty until it comes", typeLabel(typ), c.fetchTimeout()),
+			"names", late[:min(len(late), 5)], "count", len(late))
+		return r
+	}
+	return nil
 }
 
 // handle accepts or rejects one response and sends the ACK or NACK, then any subscription
@@ -321,6 +451,9 @@ func (c *Client) handle(ctx context.Context, s stream, st *streamState, r *respo
 		c.Metrics.update(r.typeURL, false)
 		c.setErr(fmt.Errorf("rejected %s version %q: %w", typeLabel(r.typeURL), r.version, err))
 		c.logNACK(log, st, r.typeURL, "xDS update rejected (NACK)", err)
+		if r.synthetic {
+			return nil
+		}
 		return s.nack(r, err)
 	}
 	c.acc.commit(cand, r)
@@ -348,10 +481,15 @@ func (c *Client) handle(ctx context.Context, s stream, st *streamState, r *respo
 	} else {
 		log.Debug("xDS update accepted, config unchanged")
 	}
-	if rejected != nil {
+	switch {
+	case r.synthetic:
+		if rejected != nil {
+			log.Warn("resources taken as empty leave services not programmed", "err", rejected)
+		}
+	case rejected != nil:
 		c.logNACK(log, st, r.typeURL, "xDS update partly rejected (NACK): the rest is programmed", rejected)
 		err = s.nack(r, rejected)
-	} else {
+	default:
 		delete(st.nacks, r.typeURL)
 		err = s.ack(r)
 	}
@@ -580,7 +718,7 @@ func (a *accepted) commit(s State, r *response) {
 	s.Previous, s.AcceptedListeners, s.AcceptedRoutes, s.AwaitingClusters = model.Config{}, nil, nil, false
 	a.state = s
 	a.seen[r.typeURL] = true
-	if !a.delta {
+	if !a.delta || r.synthetic {
 		return
 	}
 	vs := a.versions[r.typeURL]
@@ -643,6 +781,17 @@ func (a *accepted) prune(w map[string][]string) {
 			a.forget(resourcev3.RouteType, n)
 		}
 	}
+}
+
+// has reports whether the accepted state holds the named resource of a non-wildcard type.
+func (a *accepted) has(typ, name string) bool {
+	switch typ {
+	case resourcev3.EndpointType:
+		return a.state.Endpoints[name] != nil
+	case resourcev3.RouteType:
+		return a.state.Routes[name] != nil
+	}
+	return false
 }
 
 func (a *accepted) forget(typ, name string) {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -631,5 +632,36 @@ func TestClientHoldsAnEmptyFirstConfigOverAdoptedServices(t *testing.T) {
 	c.waitConfig(t, webAPIConfig(mep("10.1.0.1:8080", 1)))
 	if c.HeldEmpty() || !c.Ready() {
 		t.Errorf("after a config with services: held %v, ready %v", c.HeldEmpty(), c.Ready())
+	}
+}
+
+// An endpoint assignment the control plane never sends is taken as empty after the initial
+// fetch timeout, as Envoy does: its services are programmed with no endpoints and the client
+// becomes ready, instead of pending (unready) for ever. The real assignment, when it comes,
+// replaces it.
+func TestClientTakesAMissingAssignmentAsEmptyAfterTheFetchTimeout(t *testing.T) {
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			cp := startControlPlane(t, "127.0.0.1:0")
+			all := webAPI(ep{addr: "10.1.0.1:8080"})
+			cp.set(t, "v1", false, slices.Concat(all[:5], all[6:])...) // no assignment for web
+			start := time.Now()
+			c := startClient(t, cp.addr, p.delta, func(tc *testClient) { tc.InitialFetchTimeout = 300 * time.Millisecond })
+			waitFor(t, 5*time.Second, "ready", c.Ready)
+			if d := time.Since(start); d < 300*time.Millisecond {
+				t.Errorf("ready after %v, before the fetch timeout", d)
+			}
+			got := c.rec.last()
+			if web, ok := got.Services[key("10.96.0.10:80")]; !ok || len(web.Priorities) != 0 {
+				t.Fatalf("web = %+v (present %v), want programmed with no endpoints", web, ok)
+			}
+			if p.delta { // go-control-plane's SotW ADS cache answers an EDS request only with every name
+				if api := got.Services[key("10.96.0.11:80")]; len(api.Priorities) != 1 {
+					t.Errorf("api = %+v, want its endpoint", api)
+				}
+			}
+			cp.set(t, "v2", true, all...)
+			c.waitConfig(t, webAPIConfig(mep("10.1.0.1:8080", 1)))
+		})
 	}
 }

@@ -37,6 +37,9 @@ type response struct {
 	remove  []string
 	err     error // the response could not be decoded: NACK it
 	arrived time.Time
+	// synthetic: made by the client, not received (resources that never came, taken as
+	// empty): nothing is sent back for it.
+	synthetic bool
 	changed []string // names whose message the response changed, added or removed
 }
 
@@ -111,7 +114,10 @@ type stream interface {
 	// open sends a new stream's requests: the wildcard types, and the others for the names
 	// already followed.
 	open(wanted map[string][]string) error
-	recv() (*response, error)
+	// next receives the next message; it may run on a goroutine of its own, beside the rest.
+	next() (any, error)
+	// decode makes the response of a message next received; it runs with the rest.
+	decode(msg any, arrived time.Time) *response
 	ack(r *response) error
 	nack(r *response, reason error) error
 	// subscribe sets the names followed for a non-wildcard type; it sends nothing if they
@@ -187,12 +193,10 @@ func (s *sotwStream) subscribe(typeURL string, names []string) error {
 	})
 }
 
-func (s *sotwStream) recv() (*response, error) {
-	m, err := s.s.Recv()
-	if err != nil {
-		return nil, err
-	}
-	arrived := time.Now()
+func (s *sotwStream) next() (any, error) { return s.s.Recv() }
+
+func (s *sotwStream) decode(msg any, arrived time.Time) *response {
+	m := msg.(*discoveryv3.DiscoveryResponse)
 	typ := m.GetTypeUrl()
 	s.nonce[typ] = m.GetNonce()
 	s.dec.begin()
@@ -206,7 +210,7 @@ func (s *sotwStream) recv() (*response, error) {
 			w := &discoveryv3.Resource{}
 			if err := a.UnmarshalTo(w); err != nil {
 				r.err = fmt.Errorf("decode resource wrapper: %w", err)
-				return r, nil
+				return r
 			}
 			if body, heartbeat = w.GetResource(), w.GetName(); body == nil {
 				r.keep = append(r.keep, heartbeat)
@@ -221,7 +225,7 @@ func (s *sotwStream) recv() (*response, error) {
 		}
 		if err != nil {
 			r.err = err
-			return r, nil
+			return r
 		}
 		// EDS and RDS responses may carry names no longer followed: leave those out. They
 		// repeat every unchanged resource too: leave out what is accepted already, so that
@@ -231,7 +235,7 @@ func (s *sotwStream) recv() (*response, error) {
 		}
 		r.upsert[name] = resource{msg: msg, version: m.GetVersionInfo()}
 	}
-	return r, nil
+	return r
 }
 
 func (s *sotwStream) ack(r *response) error {
@@ -328,12 +332,10 @@ func (s *deltaStream) subscribe(typeURL string, names []string) error {
 	return s.send(req)
 }
 
-func (s *deltaStream) recv() (*response, error) {
-	m, err := s.s.Recv()
-	if err != nil {
-		return nil, err
-	}
-	arrived := time.Now()
+func (s *deltaStream) next() (any, error) { return s.s.Recv() }
+
+func (s *deltaStream) decode(msg any, arrived time.Time) *response {
+	m := msg.(*discoveryv3.DeltaDiscoveryResponse)
 	typ := m.GetTypeUrl()
 	s.dec.begin()
 	defer s.dec.end(typ)
@@ -348,11 +350,11 @@ func (s *deltaStream) recv() (*response, error) {
 		}
 		if err != nil {
 			r.err = err
-			return r, nil
+			return r
 		}
 		r.upsert[name] = resource{msg: msg, version: res.GetVersion()}
 	}
-	return r, nil
+	return r
 }
 
 func (s *deltaStream) ack(r *response) error {
