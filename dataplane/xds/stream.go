@@ -40,7 +40,7 @@ type response struct {
 	// synthetic: made by the client, not received (resources that never came, taken as
 	// empty): nothing is sent back for it.
 	synthetic bool
-	changed []string // names whose message the response changed, added or removed
+	changed   []string // names whose message the response changed, added or removed
 }
 
 type resource struct {
