@@ -358,6 +358,9 @@ type streamState struct {
 	nacks map[string]string // per type, the NACK reason last logged
 	// waiting is, per type (EDS, RDS), the names followed but not received, since when.
 	waiting map[string]map[string]time.Time
+	// trackedGen is the generation of the followed names waiting was made from.
+	trackedGen int
+	tracked    bool
 }
 
 // DefaultInitialFetchTimeout is how long the client waits for an endpoint assignment or route
@@ -371,9 +374,22 @@ func (c *Client) fetchTimeout() time.Duration {
 	return DefaultInitialFetchTimeout
 }
 
-// track notes the followed EDS and RDS names that have not arrived, and since when.
+// track notes the followed EDS and RDS names that have not arrived, and since when. It walks
+// every followed name only when they changed (new clusters or listeners); otherwise only the
+// names still waited for.
 func (c *Client) track(st *streamState) {
 	w, _ := c.acc.wanted()
+	if st.trackedGen == c.acc.wgen && st.tracked {
+		for typ, names := range st.waiting {
+			for n := range names {
+				if c.acc.has(typ, n) {
+					delete(names, n)
+				}
+			}
+		}
+		return
+	}
+	st.trackedGen, st.tracked = c.acc.wgen, true
 	now := time.Now()
 	for _, typ := range []string{resourcev3.EndpointType, resourcev3.RouteType} {
 		was := st.waiting[typ]
@@ -628,6 +644,7 @@ func sleep(ctx context.Context, d time.Duration) bool {
 type accepted struct {
 	tr       Translator          // remembers what unchanged resources translate to
 	w        map[string][]string // wanted, until clusters or listeners change
+	wgen     int                 // counts the times w was worked out
 	state    State
 	versions map[string]map[string]string // type URL -> resource name -> version (Delta resync)
 	delta    bool                         // keep versions: only Delta streams send them back
@@ -744,6 +761,7 @@ func (a *accepted) commit(s State, r *response) {
 // fresh says they were worked out again: clusters or listeners changed.
 func (a *accepted) wanted() (w map[string][]string, fresh bool) {
 	if a.w == nil {
+		a.wgen++
 		a.w, fresh = map[string][]string{
 			resourcev3.EndpointType: endpointNames(a.state.Clusters),
 			resourcev3.RouteType:    routeNames(a.state.Listeners),
