@@ -169,12 +169,14 @@ func newAssignment(cla *endpointv3.ClusterLoadAssignment, size int) *Assignment 
 }
 
 // Translate turns the xDS state into the services the kernel balances. An error names the
-// resource and the reason; the client NACKs the update that produced it.
+// resource and the reason; the client NACKs the update that produced it (a *RejectedError
+// comes with the config of every other service, which is applied).
 //
 // A listener bound to an IP gives one service per VIP:port. An Istio-style port listener
 // (0.0.0.0 or ::) gives one service per filter chain prefix range of a full-length (/32, /128)
-// destination; chains without prefix ranges are passthrough and skipped. The chain's
-// tcp_proxy or http_connection_manager names the clusters.
+// destination; its chains without prefix ranges give, when they are HTTP, one service per IP
+// that their route configuration's virtual host domains name (istiod's HTTP ports), and are
+// passthrough otherwise. The chain's tcp_proxy or http_connection_manager names the clusters.
 func Translate(s *State) (model.Config, error) {
 	return new(Translator).Translate(s)
 }
