@@ -202,6 +202,9 @@ func loadError(err error) error {
 		{"bpf_get_socket_cookie for cgroup/connect", func() error {
 			return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetSocketCookie)
 		}},
+		{"bpf_set_retval for cgroup/connect (Linux 5.18; refuses connects to services without endpoints)", func() error {
+			return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSetRetval)
+		}},
 		{"bpf_get_netns_cookie for sockops (Linux 5.15)", func() error {
 			return features.HaveProgramHelper(ebpf.SockOps, asm.FnGetNetnsCookie)
 		}},
