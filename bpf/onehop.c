@@ -167,7 +167,7 @@ static __always_inline int balance(const struct oh_svc_key *key, struct oh_endpo
 			if (svc.count[p] > 0)
 				prio = p;
 		if (prio < 0) {
-			count(OH_CNT_CONNECT_NO_BACKEND);
+			count(OH_CNT_CONNECT_REFUSED);
 			return OH_EMPTY;
 		}
 		s = pick(&svc, svc.count[prio]);

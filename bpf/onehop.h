@@ -73,21 +73,22 @@ struct oh_conn {
 
 /*
  * Indexes of oh_counters. The agent reads the names from this enum's BTF (OH_CNT_CONNECT_SEEN
- * becomes connect_seen), so adding a counter here is all it takes. OH_CNT_MAX stays last.
+ * becomes connect_seen). Adding a counter (before OH_CNT_MAX, which stays last) resizes the
+ * pinned oh_counters: bump datapath.LayoutVersion and list the old size in its olderLayouts,
+ * whose migration carries the counts over.
  */
 enum oh_counter {
 	OH_CNT_CONNECT_SEEN = 0,        /* every connect4/6 call, any protocol */
 	OH_CNT_CONNECT_ENROLLED,        /* TCP connects from an enrolled netns */
 	OH_CNT_CONNECT_BALANCED,        /* ... rewritten to a backend */
 	OH_CNT_CONNECT_NO_SERVICE,      /* ... to an address that is no service (left alone) */
-	OH_CNT_CONNECT_NO_BACKEND,      /* ... to a service without a usable backend: refused if it has
-	                                 * no endpoints (ECONNREFUSED), else left alone. A counter of
-	                                 * its own would resize the pinned oh_counters (a layout bump). */
+	OH_CNT_CONNECT_NO_BACKEND,      /* ... to a service without a usable backend (left alone) */
 	OH_CNT_CONNECT_RETRIED,         /* slot lookups repeated because the service changed meanwhile */
 	OH_CNT_GETPEERNAME_REWRITTEN,   /* getpeername answers that show the VIP */
 	OH_CNT_CONNS_OPENED,            /* connections added to oh_conns */
 	OH_CNT_CONNS_CLOSED,            /* connections removed from oh_conns */
 	OH_CNT_CONNS_TABLE_FULL,        /* connections not tracked: oh_conns was full */
+	OH_CNT_CONNECT_REFUSED,         /* TCP connects to a service with no endpoints: refused */
 	OH_CNT_MAX,
 };
 

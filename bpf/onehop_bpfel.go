@@ -37,7 +37,8 @@ const (
 	OnehopOhCounterOH_CNT_CONNS_OPENED          OnehopOhCounter = 7
 	OnehopOhCounterOH_CNT_CONNS_CLOSED          OnehopOhCounter = 8
 	OnehopOhCounterOH_CNT_CONNS_TABLE_FULL      OnehopOhCounter = 9
-	OnehopOhCounterOH_CNT_MAX                   OnehopOhCounter = 10
+	OnehopOhCounterOH_CNT_CONNECT_REFUSED       OnehopOhCounter = 10
+	OnehopOhCounterOH_CNT_MAX                   OnehopOhCounter = 11
 )
 
 type OnehopOhEndpoint struct {

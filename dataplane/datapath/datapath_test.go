@@ -379,6 +379,9 @@ func TestServiceWithoutEndpointsRefusesConnectFast(t *testing.T) {
 			}
 		}
 	}
+	if c, err := l.dp.Counters(); err != nil || c["connect_refused"] != 10 {
+		t.Errorf("counters %v (%v): want connect_refused 10", c, err)
+	}
 	l.apply(service(bs[0].addr.String(), model.Random, bs))
 	if got := byBackend(t, l.connects(clientJob{Target: bs[0].addr.String(), Count: 3})); got[bs[0].name] != 3 {
 		t.Fatalf("after endpoints came back: %v", got)

@@ -26,20 +26,57 @@ type connV1 struct {
 // over (pinned again in the new layout), so nothing the programs write meanwhile is lost. A
 // listed map is created anew and its entries are converted.
 var olderLayouts = map[int]map[string]mapChange{
-	1: {bpf.OnehopMapOhConns: {
-		valueSize: uint32(binary.Size(connV1{})),
-		copier: func() copier {
-			return converter[uint64](func(c connV1) bpf.OnehopOhConn {
-				// The state is unknown (0) until the connection's next state change.
-				return bpf.OnehopOhConn{Src: c.Src, Dst: c.Dst, Netns: c.Netns, EstablishedNs: c.EstablishedNs, StateNs: c.EstablishedNs}
-			})
+	1: {
+		bpf.OnehopMapOhConns: {
+			valueSize: uint32(binary.Size(connV1{})),
+			copier: func() copier {
+				return converter[uint64](func(c connV1) bpf.OnehopOhConn {
+					// The state is unknown (0) until the connection's next state change.
+					return bpf.OnehopOhConn{Src: c.Src, Dst: c.Dst, Netns: c.Netns, EstablishedNs: c.EstablishedNs, StateNs: c.EstablishedNs}
+				})
+			},
 		},
-	}},
+		bpf.OnehopMapOhCounters: countersV2,
+	},
+	2: {bpf.OnehopMapOhCounters: countersV2},
 }
 
+// countersV2 is oh_counters before connect_refused: 10 counters.
+var countersV2 = mapChange{maxEntries: 10, copier: addCounts}
+
 type mapChange struct {
-	valueSize uint32 // in the old layout
-	copier    func() copier
+	valueSize  uint32 // in the old layout; 0: unchanged
+	maxEntries uint32 // in the old layout, for a map whose size is the layout's (not Options'); 0: unchanged
+	copier     func() copier
+}
+
+// addCounts carries per-CPU counters over: after the switch, when the old programs count no
+// more, each old count is added to what the new programs counted meanwhile. Before the
+// switch it does nothing, as the old programs are still counting.
+func addCounts() copier {
+	switched := false
+	return func(old, new *ebpf.Map) error {
+		if !switched {
+			switched = true
+			return nil
+		}
+		for i := uint32(0); i < min(old.MaxEntries(), new.MaxEntries()); i++ {
+			var was, now []uint64
+			if err := old.Lookup(i, &was); err != nil {
+				return err
+			}
+			if err := new.Lookup(i, &now); err != nil {
+				return err
+			}
+			for c := range min(len(was), len(now)) {
+				now[c] += was[c]
+			}
+			if err := new.Update(i, now, ebpf.UpdateAny); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 }
 
 // copier copies the entries of a map of the old layout into the new one, converted. A
@@ -100,8 +137,12 @@ func (d *Datapath) migrate(spec *ebpf.CollectionSpec, sized map[string]bool, fro
 			continue
 		}
 		oldSpec := ms.Copy()
-		if c, ok := changes[name]; ok {
+		c, changed := changes[name]
+		if changed && c.valueSize != 0 {
 			oldSpec.ValueSize, oldSpec.Value = c.valueSize, nil
+		}
+		if changed && c.maxEntries != 0 {
+			oldSpec.MaxEntries = c.maxEntries
 		}
 		m, err := d.openPinnedMap(filepath.Join(oldDir, "maps", name), oldSpec, sized[name])
 		if err != nil {
@@ -111,8 +152,10 @@ func (d *Datapath) migrate(spec *ebpf.CollectionSpec, sized map[string]bool, fro
 			continue // missing from the old layout: created empty
 		}
 		old[name] = m
-		ms.MaxEntries = oldSpec.MaxEntries // a pinned map's size stays
-		if _, changed := changes[name]; !changed {
+		if !changed || c.maxEntries == 0 {
+			ms.MaxEntries = oldSpec.MaxEntries // a pinned map's size stays, unless the layout's changed it
+		}
+		if !changed {
 			keep[name] = m
 		}
 	}

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -37,11 +38,18 @@ func sizesFor(opts Options) map[string]uint32 {
 	}
 }
 
-// A layout 1 (maps from its description in olderLayouts, links pinned, a service, an enrolled
-// netns, a connection record and its VIP) is migrated by Load while a client connects: no
-// connection fails, the entries are in the layout 2 maps (the record converted), the same
-// links run the new programs, and layout 1 is gone.
-func TestLoadMigratesLayout1WithoutInterruption(t *testing.T) {
+// Each older layout (maps from its description in olderLayouts, links pinned, a service, an
+// enrolled netns, a connection record and its VIP, counts) is migrated by Load while a client
+// connects: no connection fails, the entries are in the current layout's maps (the record
+// converted, the counts carried into the bigger oh_counters), the same links run the new
+// programs, and the old layout is gone.
+func TestLoadMigratesOlderLayoutsWithoutInterruption(t *testing.T) {
+	for from := 1; from < LayoutVersion; from++ {
+		t.Run(fmt.Sprintf("from layout %d", from), func(t *testing.T) { testMigration(t, from) })
+	}
+}
+
+func testMigration(t *testing.T, from int) {
 	l := newWorld(t)
 	l.pinDir = bpffsDir(t)
 	bs := l.backends("127.0.0.2", "127.0.0.3")
@@ -53,7 +61,7 @@ func TestLoadMigratesLayout1WithoutInterruption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v1 := filepath.Join(l.pinDir, "v1")
+	v1 := layoutDir(l.pinDir, from)
 	sizes := sizesFor(testOptions)
 	old := map[string]*ebpf.Map{}
 	for name, ms := range spec.Maps {
@@ -64,8 +72,11 @@ func TestLoadMigratesLayout1WithoutInterruption(t *testing.T) {
 			ms.MaxEntries = n
 		}
 		v1spec := ms.Copy()
-		if c, ok := olderLayouts[1][name]; ok {
+		if c, ok := olderLayouts[from][name]; ok && c.valueSize != 0 {
 			v1spec.ValueSize, v1spec.Key, v1spec.Value = c.valueSize, nil, nil
+		}
+		if c, ok := olderLayouts[from][name]; ok && c.maxEntries != 0 {
+			v1spec.MaxEntries = c.maxEntries
 		}
 		v1spec.Pinning = ebpf.PinByName
 		if err := os.MkdirAll(filepath.Join(v1, "maps"), 0o700); err != nil {
@@ -91,19 +102,34 @@ func TestLoadMigratesLayout1WithoutInterruption(t *testing.T) {
 		Netns: l.cookie, EstablishedNs: uint64(monotonic()) - uint64(time.Second),
 	}
 	const cookie = uint64(1) << 60 // no socket has it
-	if err := old[bpf.OnehopMapOhConns].Put(cookie, rec); err != nil {
+	var put any = rec
+	if from > 1 { // today's record, its state unknown as a migrated layout 1 one
+		put = bpf.OnehopOhConn{Src: rec.Src, Dst: rec.Dst, Netns: rec.Netns, EstablishedNs: rec.EstablishedNs, StateNs: rec.EstablishedNs}
+	}
+	if err := old[bpf.OnehopMapOhConns].Put(cookie, put); err != nil {
 		t.Fatal(err)
 	}
 	if err := old[bpf.OnehopMapOhOrigdst].Put(cookie, endpoint(netip.MustParseAddrPort(vip))); err != nil {
 		t.Fatal(err)
 	}
+	// Counts the old programs made, in layout 1's smaller oh_counters.
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := make([]uint64, cpus)
+	counted[0] = 1000
+	if err := old[bpf.OnehopMapOhCounters].Put(uint32(0), counted); err != nil { // connect_seen
+		t.Fatal(err)
+	}
 
 	// Layout 1's links: today's balancing programs on the layout 1 maps (all but oh_conns, whose
-	// value they no longer fit: sockops gets a program that does nothing).
+	// value they no longer fit: sockops gets a program that does nothing; and oh_counters,
+	// smaller than today's programs count into).
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		bpf.OnehopMapOhServices: old[bpf.OnehopMapOhServices], bpf.OnehopMapOhSlots: old[bpf.OnehopMapOhSlots],
 		bpf.OnehopMapOhRr: old[bpf.OnehopMapOhRr], bpf.OnehopMapOhEnrolled: old[bpf.OnehopMapOhEnrolled],
-		bpf.OnehopMapOhOrigdst: old[bpf.OnehopMapOhOrigdst], bpf.OnehopMapOhCounters: old[bpf.OnehopMapOhCounters],
+		bpf.OnehopMapOhOrigdst: old[bpf.OnehopMapOhOrigdst],
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -158,16 +184,20 @@ func TestLoadMigratesLayout1WithoutInterruption(t *testing.T) {
 		len(rs), during, time.Duration(end-start), l.dp.Adopted())
 
 	a := l.dp.Adopted()
-	if a.Layout != 1 || len(a.Links) != 5 || a.Services != 1 || !slices.Equal(a.Enrolled, []uint64{l.cookie}) || a.Conns < 1 {
-		t.Errorf("Adopted() = %+v, want layout 1 migrated with 5 links, 1 service, netns %d enrolled, the connection record", a, l.cookie)
+	if a.Layout != from || len(a.Links) != 5 || a.Services != 1 || !slices.Equal(a.Enrolled, []uint64{l.cookie}) || a.Conns < 1 {
+		t.Errorf("Adopted() = %+v, want layout %d migrated with 5 links, 1 service, netns %d enrolled, the connection record", a, from, l.cookie)
 	}
-	if left := pins(t, l.pinDir); slices.ContainsFunc(left, func(p string) bool { return !strings.HasPrefix(p, "v2") || strings.HasPrefix(p, "v2-") }) {
-		t.Errorf("after the migration %s holds %v, want only v2", l.pinDir, left)
+	cur := fmt.Sprintf("v%d", LayoutVersion)
+	if left := pins(t, l.pinDir); slices.ContainsFunc(left, func(p string) bool { return !strings.HasPrefix(p, cur) || strings.HasPrefix(p, cur+"-") }) {
+		t.Errorf("after the migration %s holds %v, want only %s", l.pinDir, left, cur)
+	}
+	if cnt, err := l.dp.Counters(); err != nil || cnt["connect_seen"] < 1000 {
+		t.Errorf("counters after the migration %v (%v): want layout %d's 1000 connect_seen carried over", cnt, err, from)
 	}
 	for _, p := range programs {
-		lk, err := link.LoadPinnedLink(linkPin(layoutDir(l.pinDir, 2), cgroupID, p), nil)
+		lk, err := link.LoadPinnedLink(linkPin(layoutDir(l.pinDir, LayoutVersion), cgroupID, p), nil)
 		if err != nil {
-			t.Fatalf("%s link is not pinned in layout 2: %v", p.section, err)
+			t.Fatalf("%s link is not pinned in layout %d: %v", p.section, LayoutVersion, err)
 		}
 		info, _ := lk.Info()
 		lk.Close()
@@ -219,7 +249,7 @@ func TestLoadRefusesForeignPinsAndChangesNothing(t *testing.T) {
 	}
 	l.dp = nil
 	before := l.attachedIDs()
-	v2 := layoutDir(l.pinDir, 2)
+	v2 := layoutDir(l.pinDir, LayoutVersion)
 	cgroupID, _ := cgroupIDOf(l.cgroup)
 	pinMap := func(path string, spec *ebpf.MapSpec) {
 		m, err := ebpf.NewMap(spec)
@@ -258,7 +288,7 @@ func TestLoadRefusesForeignPinsAndChangesNothing(t *testing.T) {
 			pinMap(path, &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 			return func() { os.RemoveAll(filepath.Dir(path)) }
 		}, "not a usable BPF link"},
-		{"a newer layout", filepath.Join(l.pinDir, "v3"), func(path string) func() {
+		{"a newer layout", layoutDir(l.pinDir, LayoutVersion+1), func(path string) func() {
 			os.Mkdir(path, 0o700)
 			return func() { os.Remove(path) }
 		}, "newer onehop-agent"},

@@ -33,8 +33,9 @@ import (
 // LayoutVersion numbers the pinned layout: the pin paths and every map's type, key, value and
 // flags (and the size of oh_counters, which follows enum oh_counter). Bump it with any change
 // to those and describe the previous layout in olderLayouts, so it is migrated, never misread.
-// Version 1 is the layout before struct oh_conn had its state fields.
-const LayoutVersion = 2
+// Version 1 is the layout before struct oh_conn had its state fields; version 2 the one before
+// the connect_refused counter.
+const LayoutVersion = 3
 
 // Adopted is what Load found under Options.PinDir.
 type Adopted struct {
