@@ -135,6 +135,9 @@ type Client struct {
 	// partly rejected, while the accepted state still holds it: a resend that changes nothing
 	// is NACKed again, not ACKed.
 	stillRejected map[string]error
+	// reported is the Translator's issues that report and the metrics were made from: they
+	// are made again only when a translation ran, not for every response.
+	reported *issues
 }
 
 // Ready reports whether a complete config has been applied: clusters and listeners received,
@@ -479,18 +482,26 @@ func (c *Client) handle(ctx context.Context, s stream, st *streamState, r *respo
 	c.Metrics.update(r.typeURL, rejected == nil)
 	// New clusters or listeners change which endpoint assignments and routes to follow.
 	w, fresh := c.acc.wanted()
+	var report *Report
+	if c.inSync && c.acc.tr.is != c.reported {
+		c.reported = c.acc.tr.is
+		rep := c.acc.tr.Report()
+		report = &rep
+	}
 	c.mu.Lock()
 	if rejected != nil {
 		c.lastErr = fmt.Errorf("partly rejected %s version %q: %w", typeLabel(r.typeURL), r.version, rejected)
 	} else {
 		c.lastErr = nil
 	}
-	if c.inSync {
-		c.report = c.acc.tr.Report()
+	if report != nil {
+		c.report = *report
 	}
 	c.ready = c.ready || (c.inSync && c.acc.complete(w))
 	c.mu.Unlock()
-	c.Metrics.setReport(c.Report())
+	if report != nil {
+		c.Metrics.setReport(*report)
+	}
 	if applied {
 		c.Metrics.receiptToProgrammed(r.typeURL, time.Since(r.arrived))
 		log.Info("xDS update applied", "services", len(cfg.Services), "nack", rejected != nil)

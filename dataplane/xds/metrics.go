@@ -52,18 +52,27 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Services (or whole resources) of the last config by issue (rejected, kept_previous, needs_waypoint).",
 		}, []string{"issue"}),
 	}
+	for _, kind := range issueKinds {
+		m.issueCount.WithLabelValues(kind).Set(0)
+	}
 	if reg != nil {
 		reg.MustRegister(m.updates, m.nacks, m.connected, m.reconnects, m.programmed, m.issues, m.issueCount)
 	}
 	return m
 }
 
+// issueKinds are the values of the issue label.
+var issueKinds = []string{"rejected", "kept_previous", "needs_waypoint"}
+
 func (m *Metrics) setReport(r Report) {
 	if m == nil {
 		return
 	}
 	m.issues.Reset()
-	counts := map[string]float64{"rejected": 0, "kept_previous": 0, "needs_waypoint": 0}
+	counts := map[string]float64{}
+	for _, kind := range issueKinds {
+		counts[kind] = 0
+	}
 	for _, is := range r.Rejected {
 		kind := "rejected"
 		if is.Kept {
