@@ -132,9 +132,7 @@ func (c *config) identity(nodeIP string) error {
 		if c.id.ProxyType != "ztunnel" {
 			return fmt.Errorf("--proxy-type %s: istiod serves the workload API to ztunnel nodes only", c.id.ProxyType)
 		}
-		if !c.delta {
-			c.delta = true // the workload API is Delta only
-		}
+		c.delta = true // the workload API is Delta only
 	default:
 		return fmt.Errorf("--xds-mode %q: want %s or %s", c.mode, modeEnvoy, modeWorkload)
 	}
@@ -271,7 +269,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		wc := &workload.Client{Addr: cfg.xdsAddr, Node: node, Log: log.With("component", "workload-api"), Adopted: dp.Adopted().Services,
 			Metrics: workload.NewMetrics(reg), Apply: apply, ApplyChanged: applyChanged}
 		follow = wc
-		list = func() any { return wc.Status().ServiceStatus }
+		list = func() any { return wc.Services() }
 		status = func() any {
 			return struct {
 				Mode   string `json:"mode"`

@@ -122,15 +122,12 @@ type Status struct {
 	LastError string `json:"last_error,omitempty"`
 	Applies   uint64 `json:"applies"`
 	Summary
-	// Services: every Service resource, what was programmed of it (steered to its waypoint or
-	// not) and why the rest was not.
-	ServiceStatus []ServiceStatus `json:"service_status"`
 	// WorkloadIssues: workloads (or some of their addresses) that are nobody's endpoint, and why.
 	WorkloadIssues []Issue `json:"workload_issues,omitempty"`
 }
 
-// Status reports the client's state. It lists every service: poll Summary-only data through
-// State().Summary() when the mesh is large.
+// Status reports the client's state: counts, not every service (see Services), so that it is
+// cheap enough to poll.
 func (c *Client) Status() Status {
 	c.mu.Lock()
 	st := Status{Ready: c.ready, HeldEmpty: c.held, Connected: c.connected, Applies: c.applies}
@@ -140,7 +137,6 @@ func (c *Client) Status() Status {
 	c.mu.Unlock()
 	if s := c.state.Load(); s != nil {
 		st.Summary = s.Summary()
-		st.ServiceStatus = s.Services()
 		s.mu.RLock()
 		for _, is := range s.wIssues {
 			st.WorkloadIssues = append(st.WorkloadIssues, is...)
@@ -149,6 +145,15 @@ func (c *Client) Status() Status {
 		sortIssues(st.WorkloadIssues)
 	}
 	return st
+}
+
+// Services lists every Service resource, what was programmed of it (steered to its waypoint
+// or not) and why the rest was not. It walks every service.
+func (c *Client) Services() []ServiceStatus {
+	if s := c.state.Load(); s != nil {
+		return s.Services()
+	}
+	return nil
 }
 
 func (c *Client) log() *slog.Logger {

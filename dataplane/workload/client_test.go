@@ -318,7 +318,7 @@ func TestClientFollowsControlPlane(t *testing.T) {
 		}
 	}
 	st := c.Status()
-	if !st.Ready || !st.Connected || st.Services != 1 || st.Workloads != 2 || st.Frontends != 1 || st.Empty != 1 || len(st.ServiceStatus) != 1 {
+	if !st.Ready || !st.Connected || st.Services != 1 || st.Workloads != 2 || st.Frontends != 1 || st.Empty != 1 || len(c.Services()) != 1 {
 		t.Errorf("status %+v", st)
 	}
 	if got := value(c.Metrics.frontends.WithLabelValues("empty")); got != 1 {
