@@ -46,13 +46,9 @@ func ListenerName(vip netip.Addr, port uint16) string {
 	return ap[:strings.LastIndexByte(ap, ':')] + "_" + strconv.Itoa(int(port))
 }
 
-// HTTPListenerName is Istio's name of the port-wide outbound listener of an HTTP port in the
-// VIP's family: one chain for every HTTP service of the port, which its route configuration
-// tells apart by the VIPs and names in its virtual hosts' domains.
-func HTTPListenerName(vip netip.Addr, port uint16) string {
-	return listenerKey{wildcard(vip), port}.name()
-}
-
+// name is Istio's name of the port-wide outbound listener of an HTTP port in a family: one
+// chain for every HTTP service of the port, which its route configuration tells apart by the
+// VIPs and names in its virtual hosts' domains.
 func (k listenerKey) name() string { return fmt.Sprintf("%s_%d", k.wildcard, k.port) }
 
 // PassthroughCluster is where istiod's allow_any virtual host ("*") sends HTTP requests for

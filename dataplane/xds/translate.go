@@ -985,7 +985,7 @@ func routeTargets(rc *routev3.RouteConfiguration, key model.Key) (ts []target, l
 	}
 	vh := virtualHostFor(vhs, key)
 	if vh == nil {
-		return nil, "", fmt.Errorf("no virtual host for %s among %d (list the VIP or VIP:port in its domains, or add a \"*\" one)", netip.AddrPortFrom(key.VIP, key.Port), len(vhs))
+		return nil, "", fmt.Errorf("no virtual host for %s among %d (list the VIP or VIP:port in its domains, or add a \"*\" one)", addrPort(key), len(vhs))
 	}
 	i := slices.IndexFunc(vh.GetRoutes(), func(r *routev3.Route) bool { return catchAll(r.GetMatch()) })
 	if i < 0 {
@@ -1036,7 +1036,7 @@ func actionTargets(r *routev3.Route) ([]target, error) {
 }
 
 func virtualHostFor(vhs []*routev3.VirtualHost, key model.Key) *routev3.VirtualHost {
-	ap := netip.AddrPortFrom(key.VIP, key.Port).String()
+	ap := addrPort(key)
 	host := key.VIP.String()
 	if key.VIP.Is6() {
 		host = "[" + host + "]"
