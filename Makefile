@@ -7,7 +7,7 @@ BIN   := bin/onehop
 # file-or-command:package pairs; a package is installed when its command (or file) is missing.
 DEPS  := ip:iproute2 iptables-restore:iptables ip6tables-restore:iptables sysctl:procps ps:procps nsenter:util-linux \
          clang:clang llvm-strip:llvm bpftool:bpftool /usr/include/bpf/bpf_helpers.h:libbpf-dev \
-         curl:curl haproxy:haproxy
+         curl:curl haproxy:haproxy prometheus:prometheus
 
 .PHONY: all deps build generate doctor test test-istiod lint bench-all bench-latency bench-scale bench-datapath report
 
