@@ -21,6 +21,22 @@
 #define ECONNREFUSED 111
 #endif
 
+/*
+ * The few kernel fields telemetry reads that struct bpf_sock_ops does not offer, through
+ * bpf_skc_to_tcp_sock. preserve_access_index makes them CO-RE relocations: the loader finds
+ * each field's offset in the running kernel's BTF (/sys/kernel/btf/vmlinux), so no kernel
+ * headers are needed and any layout of these structs works. tcp_sock starts with its struct sock.
+ */
+struct sock {
+	int sk_err;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	__u32 lost;          /* packets marked lost, total */
+	__u64 bytes_sent;    /* payload bytes transmitted, retransmissions included */
+	__u64 bytes_retrans; /* payload bytes retransmitted */
+} __attribute__((preserve_access_index));
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Network namespace cookie -> 1 for the namespaces onehop balances. */
@@ -76,6 +92,12 @@ struct {
 	__type(value, struct oh_conn);
 } oh_conns SEC(".maps");
 
+/* Telemetry events (struct oh_event) for the agent. The agent sets its size. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 21);
+} oh_events SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, OH_CNT_MAX);
@@ -86,6 +108,16 @@ struct {
 /* Keeps enum oh_counter and enum oh_policy in the object's BTF, where the agent reads them. */
 const volatile enum oh_counter oh_counter_btf __attribute__((unused));
 const volatile enum oh_policy oh_policy_btf __attribute__((unused));
+/* ... and the types the agent decodes oh_events and reads flags with, for bpf2go. */
+const volatile struct oh_event oh_event_btf __attribute__((unused));
+const volatile enum oh_netns_flag oh_netns_flag_btf __attribute__((unused));
+const volatile enum oh_event_type oh_event_type_btf __attribute__((unused));
+const volatile enum oh_event_flag oh_event_flag_btf __attribute__((unused));
+const volatile enum oh_conn_flag oh_conn_flag_btf __attribute__((unused));
+const volatile enum oh_direction oh_direction_btf __attribute__((unused));
+
+/* How often a long connection is reported at most; the agent sets it before loading. */
+const volatile __u64 oh_report_period_ns = 5000000000ULL;
 
 static __always_inline void count(enum oh_counter c)
 {
@@ -96,11 +128,12 @@ static __always_inline void count(enum oh_counter c)
 		*v += 1; /* per-CPU: no atomic needed */
 }
 
-static __always_inline int enrolled(void *ctx)
+/* The netns's enum oh_netns_flag bits; 0 if it is not enrolled. */
+static __always_inline __u8 netns_flags(__u64 netns)
 {
-	__u64 netns = bpf_get_netns_cookie(ctx);
+	__u8 *f = bpf_map_lookup_elem(&oh_enrolled, &netns);
 
-	return bpf_map_lookup_elem(&oh_enrolled, &netns) != NULL;
+	return f ? *f : 0;
 }
 
 static __always_inline void v4mapped(__u8 addr[16], __u32 ip4)
@@ -210,14 +243,44 @@ static __always_inline void remember(void *ctx, const struct oh_svc_key *key)
 	bpf_map_update_elem(&oh_origdst, &cookie, &orig, BPF_ANY);
 }
 
-/* Common start of connect4/6: returns 1 if ctx is a TCP connect from an enrolled netns. */
-static __always_inline int ours(struct bpf_sock_addr *ctx)
+/*
+ * Common start of connect4/6: returns the netns's flags if ctx is a TCP connect from an
+ * enrolled netns, else 0.
+ */
+static __always_inline __u8 ours(struct bpf_sock_addr *ctx)
 {
+	__u8 flags;
+
 	count(OH_CNT_CONNECT_SEEN);
-	if (ctx->protocol != IPPROTO_TCP || !enrolled(ctx))
+	if (ctx->protocol != IPPROTO_TCP)
 		return 0;
-	count(OH_CNT_CONNECT_ENROLLED);
-	return 1;
+	flags = netns_flags(bpf_get_netns_cookie(ctx));
+	if (flags)
+		count(OH_CNT_CONNECT_ENROLLED);
+	return flags;
+}
+
+/* Reports a connect refused because the service has no endpoints (telemetry on). */
+static __always_inline void refused_event(struct bpf_sock_addr *ctx, const struct oh_svc_key *key)
+{
+	struct oh_event *e = bpf_ringbuf_reserve(&oh_events, sizeof(*e), 0);
+
+	if (!e) {
+		count(OH_CNT_EVENTS_LOST);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = OH_EV_CONNECT_FAILED;
+	e->direction = OH_DIR_OUTBOUND;
+	e->flags = OH_EV_NO_ENDPOINTS;
+	e->err = ECONNREFUSED;
+	e->cookie = bpf_get_socket_cookie(ctx);
+	e->netns = bpf_get_netns_cookie(ctx);
+	e->time_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(e->orig.addr, key->addr, sizeof(e->orig.addr));
+	e->orig.port = key->port;
+	bpf_ringbuf_submit(e, 0);
+	count(OH_CNT_EVENTS_SENT);
 }
 
 SEC("cgroup/connect4")
@@ -226,7 +289,9 @@ int oh_connect4(struct bpf_sock_addr *ctx)
 	struct oh_svc_key key = {};
 	struct oh_endpoint be;
 
-	if (!ours(ctx))
+	__u8 flags = ours(ctx);
+
+	if (!flags)
 		return 1;
 	v4mapped(key.addr, ctx->user_ip4);
 	key.port = (__u16)ctx->user_port;
@@ -235,6 +300,8 @@ int oh_connect4(struct bpf_sock_addr *ctx)
 	case OH_BALANCED:
 		break;
 	case OH_EMPTY:
+		if (flags & OH_NETNS_TELEMETRY)
+			refused_event(ctx, &key);
 		return refuse();
 	default:
 		return 1;
@@ -256,8 +323,9 @@ int oh_connect6(struct bpf_sock_addr *ctx)
 	struct oh_svc_key key = {};
 	struct oh_endpoint be;
 	__u32 *w = (__u32 *)key.addr;
+	__u8 flags = ours(ctx);
 
-	if (!ours(ctx))
+	if (!flags)
 		return 1;
 	w[0] = ctx->user_ip6[0];
 	w[1] = ctx->user_ip6[1];
@@ -269,6 +337,8 @@ int oh_connect6(struct bpf_sock_addr *ctx)
 	case OH_BALANCED:
 		break;
 	case OH_EMPTY:
+		if (flags & OH_NETNS_TELEMETRY)
+			refused_event(ctx, &key);
 		return refuse();
 	default:
 		return 1;
@@ -318,21 +388,18 @@ int oh_getpeername6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-static __always_inline void watch_state(struct bpf_sock_ops *skops)
+static __always_inline void watch(struct bpf_sock_ops *skops, int flags)
 {
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | flags);
 }
 
-static __always_inline void track(struct bpf_sock_ops *skops, __u64 netns)
+static __always_inline void sockops_endpoints(struct bpf_sock_ops *skops, struct oh_endpoint *src, struct oh_endpoint *dst)
 {
-	__u64 cookie = bpf_get_socket_cookie(skops);
-	struct oh_conn c = {};
-
 	if (skops->family == AF_INET) {
-		v4mapped(c.src.addr, skops->local_ip4);
-		v4mapped(c.dst.addr, skops->remote_ip4);
+		v4mapped(src->addr, skops->local_ip4);
+		v4mapped(dst->addr, skops->remote_ip4);
 	} else {
-		__u32 *s = (__u32 *)c.src.addr, *d = (__u32 *)c.dst.addr;
+		__u32 *s = (__u32 *)src->addr, *d = (__u32 *)dst->addr;
 
 		s[0] = skops->local_ip6[0];
 		s[1] = skops->local_ip6[1];
@@ -344,53 +411,208 @@ static __always_inline void track(struct bpf_sock_ops *skops, __u64 netns)
 		d[3] = skops->remote_ip6[3];
 	}
 	/* local_port is in host order; remote_port holds the network-order port in its upper half. */
-	c.src.port = bpf_htons((__u16)skops->local_port);
-	c.dst.port = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+	src->port = bpf_htons((__u16)skops->local_port);
+	dst->port = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+}
+
+/* The kernel's struct tcp_sock of skops, for the fields bpf_sock_ops lacks; NULL if none. */
+static __always_inline struct tcp_sock *tcp_sk(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return NULL;
+	return bpf_skc_to_tcp_sock(sk);
+}
+
+/* Reads the connection's cumulative counters; fin_in: the peer's FIN was received. */
+static __always_inline void read_stats(struct bpf_sock_ops *skops, int fin_in, struct oh_tcp_stats *st)
+{
+	struct tcp_sock *tp = tcp_sk(skops);
+	__u64 rcvd = skops->bytes_received;
+
+	st->bytes_received = rcvd > 0 && fin_in ? rcvd - 1 : rcvd;
+	st->segs_in = skops->segs_in;
+	st->segs_out = skops->segs_out;
+	st->retrans = skops->total_retrans;
+	if (tp) {
+		st->bytes_sent = tp->bytes_sent - tp->bytes_retrans;
+		st->lost = tp->lost;
+	} else {
+		st->bytes_sent = 0;
+		st->lost = 0;
+	}
+}
+
+static __always_inline void sub_stats(struct oh_tcp_stats *d, const struct oh_tcp_stats *a, const struct oh_tcp_stats *b)
+{
+	d->bytes_sent = a->bytes_sent - b->bytes_sent;
+	d->bytes_received = a->bytes_received - b->bytes_received;
+	d->segs_in = a->segs_in - b->segs_in;
+	d->segs_out = a->segs_out - b->segs_out;
+	d->retrans = a->retrans - b->retrans;
+	d->lost = a->lost - b->lost;
+}
+
+/*
+ * Sends an event of connection c (telemetry on) with its counters now and what changed since
+ * its last event that arrived. If oh_events is full the event is lost (counted) and nothing
+ * else: the next event carries the difference, and counts it opened if none arrived before.
+ */
+static __always_inline void conn_event(struct bpf_sock_ops *skops, struct oh_conn *c, __u64 cookie, __u8 type, __u64 now)
+{
+	struct oh_event *e = bpf_ringbuf_reserve(&oh_events, sizeof(*e), 0);
+
+	if (!e) {
+		count(OH_CNT_EVENTS_LOST);
+		return;
+	}
+	e->type = type;
+	e->direction = c->direction;
+	e->flags = (c->flags & OH_CONN_REPORTED) ? 0 : OH_EV_FIRST;
+	e->state = c->state;
+	e->err = 0;
+	e->cookie = cookie;
+	e->netns = c->netns;
+	e->time_ns = now;
+	e->established_ns = c->established_ns;
+	e->src = c->src;
+	e->dst = c->dst;
+	e->orig = c->orig;
+	e->srtt_us = skops->srtt_us >> 3; /* tcp_sock keeps it times 8 */
+	e->min_rtt_us = skops->rtt_min;
+	e->pad = 0;
+	read_stats(skops, c->flags & OH_CONN_FIN_IN, &e->total);
+	sub_stats(&e->delta, &e->total, &c->reported);
+	c->reported = e->total;
+	c->report_ns = now;
+	c->flags |= OH_CONN_REPORTED;
+	bpf_ringbuf_submit(e, 0);
+	count(OH_CNT_EVENTS_SENT);
+}
+
+static __always_inline void track(struct bpf_sock_ops *skops, __u64 netns, __u8 netns_flags, __u8 direction)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct oh_endpoint *orig;
+	struct oh_conn c = {}, *cp;
+
+	sockops_endpoints(skops, &c.src, &c.dst);
 	c.netns = netns;
 	c.established_ns = bpf_ktime_get_ns();
 	c.state_ns = c.established_ns;
 	c.state = BPF_TCP_ESTABLISHED;
+	c.direction = direction;
+	if (direction == OH_DIR_OUTBOUND) {
+		orig = bpf_map_lookup_elem(&oh_origdst, &cookie);
+		if (orig)
+			c.orig = *orig;
+	}
+	if (netns_flags & OH_NETNS_TELEMETRY)
+		c.flags = OH_CONN_TELEMETRY;
 	if (bpf_map_update_elem(&oh_conns, &cookie, &c, BPF_ANY)) {
 		count(OH_CNT_CONNS_TABLE_FULL);
 		return;
 	}
 	count(OH_CNT_CONNS_OPENED);
+	if (!(netns_flags & OH_NETNS_TELEMETRY))
+		return;
+	cp = bpf_map_lookup_elem(&oh_conns, &cookie);
+	if (cp)
+		conn_event(skops, cp, cookie, OH_EV_OPEN, c.established_ns);
+}
+
+/* A connect from an enrolled netns with telemetry on that closed before it was established. */
+static __always_inline void connect_failed(struct bpf_sock_ops *skops, __u64 cookie, __u64 netns)
+{
+	struct tcp_sock *tp = tcp_sk(skops);
+	struct oh_endpoint *orig = bpf_map_lookup_elem(&oh_origdst, &cookie);
+	struct oh_event *e;
+
+	e = bpf_ringbuf_reserve(&oh_events, sizeof(*e), 0);
+	if (!e) {
+		count(OH_CNT_EVENTS_LOST);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = OH_EV_CONNECT_FAILED;
+	e->direction = OH_DIR_OUTBOUND;
+	e->state = BPF_TCP_CLOSE;
+	e->err = tp ? ((struct sock *)tp)->sk_err : 0;
+	e->cookie = cookie;
+	e->netns = netns;
+	e->time_ns = bpf_ktime_get_ns();
+	sockops_endpoints(skops, &e->src, &e->dst);
+	if (orig)
+		e->orig = *orig;
+	bpf_ringbuf_submit(e, 0);
+	count(OH_CNT_EVENTS_SENT);
 }
 
 SEC("sockops")
 int oh_sockops(struct bpf_sock_ops *skops)
 {
 	__u64 netns = bpf_get_netns_cookie(skops);
+	__u64 cookie, now;
 	struct oh_conn *c;
-	__u64 cookie;
+	__u8 flags;
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		/* Watch from the SYN on, so a connect that fails also drops its oh_origdst entry. */
-		if (bpf_map_lookup_elem(&oh_enrolled, &netns))
-			watch_state(skops);
+		if (netns_flags(netns))
+			watch(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		if (!bpf_map_lookup_elem(&oh_enrolled, &netns))
+		flags = netns_flags(netns);
+		if (!flags)
 			break;
-		watch_state(skops);
-		track(skops, netns);
+		/*
+		 * With telemetry, RTT samples (as ACKs arrive) are the chance to report a long
+		 * connection; without it this socket costs nothing per packet.
+		 */
+		watch(skops, BPF_SOCK_OPS_STATE_CB_FLAG | ((flags & OH_NETNS_TELEMETRY) ? BPF_SOCK_OPS_RTT_CB_FLAG : 0));
+		track(skops, netns, flags, skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB ? OH_DIR_OUTBOUND : OH_DIR_INBOUND);
+		break;
+	case BPF_SOCK_OPS_RTT_CB:
+		cookie = bpf_get_socket_cookie(skops);
+		c = bpf_map_lookup_elem(&oh_conns, &cookie);
+		if (!c || !(c->flags & OH_CONN_TELEMETRY))
+			break;
+		now = bpf_ktime_get_ns();
+		if (now - c->report_ns >= oh_report_period_ns)
+			conn_event(skops, c, cookie, OH_EV_REPORT, now);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		cookie = bpf_get_socket_cookie(skops);
+		c = bpf_map_lookup_elem(&oh_conns, &cookie);
 		if (skops->args[1] != BPF_TCP_CLOSE) {
 			/* Closing states (FIN_WAIT1, CLOSE_WAIT, ...): a few per connection, at most. */
-			c = bpf_map_lookup_elem(&oh_conns, &cookie);
 			if (c) {
 				c->state_ns = bpf_ktime_get_ns();
 				c->state = skops->args[1];
 				c->state_changes++; /* state callbacks of one socket are serialised */
+				if (skops->args[1] == BPF_TCP_CLOSE_WAIT || skops->args[1] == BPF_TCP_CLOSING)
+					c->flags |= OH_CONN_FIN_IN;
 			}
 			break;
 		}
-		if (bpf_map_delete_elem(&oh_conns, &cookie) == 0)
-			count(OH_CNT_CONNS_CLOSED);
+		if (c) {
+			if (c->flags & OH_CONN_TELEMETRY) {
+				struct tcp_sock *tp = tcp_sk(skops);
+
+				/* FIN_WAIT2 -> CLOSE without an error: the peer's FIN ended it (TIME_WAIT). */
+				if (skops->args[0] == BPF_TCP_FIN_WAIT2 && tp && ((struct sock *)tp)->sk_err == 0)
+					c->flags |= OH_CONN_FIN_IN;
+				c->state = BPF_TCP_CLOSE;
+				conn_event(skops, c, cookie, OH_EV_CLOSE, bpf_ktime_get_ns());
+			}
+			if (bpf_map_delete_elem(&oh_conns, &cookie) == 0)
+				count(OH_CNT_CONNS_CLOSED);
+		} else if (skops->args[0] == BPF_TCP_SYN_SENT && (netns_flags(netns) & OH_NETNS_TELEMETRY)) {
+			connect_failed(skops, cookie, netns);
+		}
 		bpf_map_delete_elem(&oh_origdst, &cookie);
 		break;
 	}

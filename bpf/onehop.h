@@ -54,11 +54,47 @@ struct oh_endpoint {
 	__u16 pad;
 };
 
+/* oh_enrolled value: what onehop does for a network namespace (bits). */
+enum oh_netns_flag {
+	OH_NETNS_BALANCE = 1,    /* balance its connects and track its connections (every enrolled netns) */
+	OH_NETNS_TELEMETRY = 2,  /* report its connections through oh_events */
+	OH_NETNS_ACCESS_LOG = 4, /* the agent writes an access log line per event (user space only) */
+};
+
+/* Which side of a connection a socket is. */
+enum oh_direction {
+	OH_DIR_UNKNOWN = 0,  /* a record migrated from an older layout */
+	OH_DIR_OUTBOUND = 1, /* it connected (client side) */
+	OH_DIR_INBOUND = 2,  /* it was accepted (server side) */
+};
+
+/* oh_conn.flags */
+enum oh_conn_flag {
+	OH_CONN_TELEMETRY = 1, /* its netns had telemetry on when it was established: events are sent */
+	OH_CONN_REPORTED = 2,  /* an event of it reached oh_events: it was counted as opened */
+	OH_CONN_FIN_IN = 4,    /* the peer's FIN arrived: tcp_sock.bytes_received counts it as one byte */
+};
+
+/*
+ * TCP counters of one connection, cumulative. Bytes are payload: sent counts each byte once
+ * however often it was retransmitted (tcp_sock bytes_sent - bytes_retrans); received leaves out
+ * the peer's FIN.
+ */
+struct oh_tcp_stats {
+	__u64 bytes_sent;
+	__u64 bytes_received;
+	__u32 segs_in;
+	__u32 segs_out;
+	__u32 retrans; /* segments retransmitted (total_retrans) */
+	__u32 lost;    /* packets the stack marked lost (tcp_sock.lost) */
+};
+
 /*
  * oh_conns value: an established TCP connection of an enrolled network namespace. The map is
  * pinned, so a record outlives agent restarts and the fields below keep being updated by the next
  * agent's programs. Changing this struct changes the pinned layout: bump datapath.LayoutVersion
- * and teach the migration the old one (layout 1 ended at established_ns).
+ * and teach the migration the old one (layout 1 ended at established_ns, layouts 2 and 3 at
+ * state_changes).
  */
 struct oh_conn {
 	struct oh_endpoint src;
@@ -69,6 +105,47 @@ struct oh_conn {
 	__u64 state_ns;       /* when it entered state: established_ns until its first change */
 	__u32 state;          /* TCP state (BPF_TCP_*); 0 if unknown (a record migrated from layout 1) */
 	__u32 state_changes;  /* state changes since established */
+	/* Layout 4: telemetry. */
+	struct oh_endpoint orig; /* the service VIP:port connect() asked for; zero if not balanced */
+	__u8 direction;          /* enum oh_direction */
+	__u8 flags;              /* enum oh_conn_flag */
+	__u16 pad;
+	__u64 report_ns;             /* when its last event was sent */
+	struct oh_tcp_stats reported; /* the counters as of that event: the next one carries the difference */
+};
+
+enum oh_event_type {
+	OH_EV_OPEN = 1,           /* established */
+	OH_EV_REPORT = 2,         /* periodic, for a connection that lives longer than the period */
+	OH_EV_CLOSE = 3,          /* closed (TCP_CLOSE) */
+	OH_EV_CONNECT_FAILED = 4, /* a connect that never got established: err says why */
+};
+
+/* oh_event.flags */
+enum oh_event_flag {
+	OH_EV_FIRST = 1,        /* the connection's first event to arrive: count it opened */
+	OH_EV_NO_ENDPOINTS = 2, /* connect failed: refused by onehop, the service has no endpoints */
+};
+
+/* One record of oh_events, the ring buffer the agent reads. */
+struct oh_event {
+	__u8 type;      /* enum oh_event_type */
+	__u8 direction; /* enum oh_direction */
+	__u8 flags;     /* enum oh_event_flag */
+	__u8 state;     /* TCP state */
+	__u32 err;      /* connect failed: the socket's errno (ECONNREFUSED, ETIMEDOUT, ...) */
+	__u64 cookie;   /* socket cookie */
+	__u64 netns;
+	__u64 time_ns;        /* bpf_ktime_get_ns */
+	__u64 established_ns; /* 0 for a failed connect */
+	struct oh_endpoint src;
+	struct oh_endpoint dst;  /* the peer: for an outbound connection, the endpoint chosen */
+	struct oh_endpoint orig; /* the service VIP:port connect() asked for; zero if not balanced */
+	__u32 srtt_us;
+	__u32 min_rtt_us;
+	__u32 pad;
+	struct oh_tcp_stats total; /* since established */
+	struct oh_tcp_stats delta; /* since the connection's previous event that arrived */
 };
 
 /*
@@ -89,6 +166,8 @@ enum oh_counter {
 	OH_CNT_CONNS_CLOSED,            /* connections removed from oh_conns */
 	OH_CNT_CONNS_TABLE_FULL,        /* connections not tracked: oh_conns was full */
 	OH_CNT_CONNECT_REFUSED,         /* TCP connects to a service with no endpoints: refused */
+	OH_CNT_EVENTS_SENT,             /* telemetry events written to oh_events */
+	OH_CNT_EVENTS_LOST,             /* telemetry events lost: oh_events was full (counts carry over to the next) */
 	OH_CNT_MAX,
 };
 

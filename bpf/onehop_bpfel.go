@@ -22,7 +22,29 @@ type OnehopOhConn struct {
 	StateNs       uint64
 	State         uint32
 	StateChanges  uint32
+	Orig          OnehopOhEndpoint
+	Direction     uint8
+	Flags         uint8
+	Pad           uint16
+	ReportNs      uint64
+	Reported      struct {
+		_             structs.HostLayout
+		BytesSent     uint64
+		BytesReceived uint64
+		SegsIn        uint32
+		SegsOut       uint32
+		Retrans       uint32
+		Lost          uint32
+	}
 }
+
+type OnehopOhConnFlag uint32
+
+const (
+	OnehopOhConnFlagOH_CONN_TELEMETRY OnehopOhConnFlag = 1
+	OnehopOhConnFlagOH_CONN_REPORTED  OnehopOhConnFlag = 2
+	OnehopOhConnFlagOH_CONN_FIN_IN    OnehopOhConnFlag = 4
+)
 
 type OnehopOhCounter uint32
 
@@ -38,7 +60,17 @@ const (
 	OnehopOhCounterOH_CNT_CONNS_CLOSED          OnehopOhCounter = 8
 	OnehopOhCounterOH_CNT_CONNS_TABLE_FULL      OnehopOhCounter = 9
 	OnehopOhCounterOH_CNT_CONNECT_REFUSED       OnehopOhCounter = 10
-	OnehopOhCounterOH_CNT_MAX                   OnehopOhCounter = 11
+	OnehopOhCounterOH_CNT_EVENTS_SENT           OnehopOhCounter = 11
+	OnehopOhCounterOH_CNT_EVENTS_LOST           OnehopOhCounter = 12
+	OnehopOhCounterOH_CNT_MAX                   OnehopOhCounter = 13
+)
+
+type OnehopOhDirection uint32
+
+const (
+	OnehopOhDirectionOH_DIR_UNKNOWN  OnehopOhDirection = 0
+	OnehopOhDirectionOH_DIR_OUTBOUND OnehopOhDirection = 1
+	OnehopOhDirectionOH_DIR_INBOUND  OnehopOhDirection = 2
 )
 
 type OnehopOhEndpoint struct {
@@ -47,6 +79,82 @@ type OnehopOhEndpoint struct {
 	Port uint16
 	Pad  uint16
 }
+
+type OnehopOhEvent struct {
+	_             structs.HostLayout
+	Type          uint8
+	Direction     uint8
+	Flags         uint8
+	State         uint8
+	Err           uint32
+	Cookie        uint64
+	Netns         uint64
+	TimeNs        uint64
+	EstablishedNs uint64
+	Src           struct {
+		_    structs.HostLayout
+		Addr [16]uint8
+		Port uint16
+		Pad  uint16
+	}
+	Dst struct {
+		_    structs.HostLayout
+		Addr [16]uint8
+		Port uint16
+		Pad  uint16
+	}
+	Orig struct {
+		_    structs.HostLayout
+		Addr [16]uint8
+		Port uint16
+		Pad  uint16
+	}
+	SrttUs   uint32
+	MinRttUs uint32
+	Pad      uint32
+	Total    struct {
+		_             structs.HostLayout
+		BytesSent     uint64
+		BytesReceived uint64
+		SegsIn        uint32
+		SegsOut       uint32
+		Retrans       uint32
+		Lost          uint32
+	}
+	Delta struct {
+		_             structs.HostLayout
+		BytesSent     uint64
+		BytesReceived uint64
+		SegsIn        uint32
+		SegsOut       uint32
+		Retrans       uint32
+		Lost          uint32
+	}
+}
+
+type OnehopOhEventFlag uint32
+
+const (
+	OnehopOhEventFlagOH_EV_FIRST        OnehopOhEventFlag = 1
+	OnehopOhEventFlagOH_EV_NO_ENDPOINTS OnehopOhEventFlag = 2
+)
+
+type OnehopOhEventType uint32
+
+const (
+	OnehopOhEventTypeOH_EV_OPEN           OnehopOhEventType = 1
+	OnehopOhEventTypeOH_EV_REPORT         OnehopOhEventType = 2
+	OnehopOhEventTypeOH_EV_CLOSE          OnehopOhEventType = 3
+	OnehopOhEventTypeOH_EV_CONNECT_FAILED OnehopOhEventType = 4
+)
+
+type OnehopOhNetnsFlag uint32
+
+const (
+	OnehopOhNetnsFlagOH_NETNS_BALANCE    OnehopOhNetnsFlag = 1
+	OnehopOhNetnsFlagOH_NETNS_TELEMETRY  OnehopOhNetnsFlag = 2
+	OnehopOhNetnsFlagOH_NETNS_ACCESS_LOG OnehopOhNetnsFlag = 4
+)
 
 type OnehopOhPolicy uint32
 
@@ -84,20 +192,28 @@ type OnehopOhSvcKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	OnehopMapOhConns         = "oh_conns"
-	OnehopMapOhCounters      = "oh_counters"
-	OnehopMapOhEnrolled      = "oh_enrolled"
-	OnehopMapOhOrigdst       = "oh_origdst"
-	OnehopMapOhRr            = "oh_rr"
-	OnehopMapOhServices      = "oh_services"
-	OnehopMapOhSlots         = "oh_slots"
-	OnehopProgOhConnect4     = "oh_connect4"
-	OnehopProgOhConnect6     = "oh_connect6"
-	OnehopProgOhGetpeername4 = "oh_getpeername4"
-	OnehopProgOhGetpeername6 = "oh_getpeername6"
-	OnehopProgOhSockops      = "oh_sockops"
-	OnehopVarOhCounterBtf    = "oh_counter_btf"
-	OnehopVarOhPolicyBtf     = "oh_policy_btf"
+	OnehopMapOhConns          = "oh_conns"
+	OnehopMapOhCounters       = "oh_counters"
+	OnehopMapOhEnrolled       = "oh_enrolled"
+	OnehopMapOhEvents         = "oh_events"
+	OnehopMapOhOrigdst        = "oh_origdst"
+	OnehopMapOhRr             = "oh_rr"
+	OnehopMapOhServices       = "oh_services"
+	OnehopMapOhSlots          = "oh_slots"
+	OnehopProgOhConnect4      = "oh_connect4"
+	OnehopProgOhConnect6      = "oh_connect6"
+	OnehopProgOhGetpeername4  = "oh_getpeername4"
+	OnehopProgOhGetpeername6  = "oh_getpeername6"
+	OnehopProgOhSockops       = "oh_sockops"
+	OnehopVarOhConnFlagBtf    = "oh_conn_flag_btf"
+	OnehopVarOhCounterBtf     = "oh_counter_btf"
+	OnehopVarOhDirectionBtf   = "oh_direction_btf"
+	OnehopVarOhEventBtf       = "oh_event_btf"
+	OnehopVarOhEventFlagBtf   = "oh_event_flag_btf"
+	OnehopVarOhEventTypeBtf   = "oh_event_type_btf"
+	OnehopVarOhNetnsFlagBtf   = "oh_netns_flag_btf"
+	OnehopVarOhPolicyBtf      = "oh_policy_btf"
+	OnehopVarOhReportPeriodNs = "oh_report_period_ns"
 )
 
 // LoadOnehop returns the embedded CollectionSpec for Onehop.
@@ -156,6 +272,7 @@ type OnehopMapSpecs struct {
 	OhConns    *ebpf.MapSpec `ebpf:"oh_conns"`
 	OhCounters *ebpf.MapSpec `ebpf:"oh_counters"`
 	OhEnrolled *ebpf.MapSpec `ebpf:"oh_enrolled"`
+	OhEvents   *ebpf.MapSpec `ebpf:"oh_events"`
 	OhOrigdst  *ebpf.MapSpec `ebpf:"oh_origdst"`
 	OhRr       *ebpf.MapSpec `ebpf:"oh_rr"`
 	OhServices *ebpf.MapSpec `ebpf:"oh_services"`
@@ -166,8 +283,15 @@ type OnehopMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type OnehopVariableSpecs struct {
-	OhCounterBtf *ebpf.VariableSpec `ebpf:"oh_counter_btf"`
-	OhPolicyBtf  *ebpf.VariableSpec `ebpf:"oh_policy_btf"`
+	OhConnFlagBtf    *ebpf.VariableSpec `ebpf:"oh_conn_flag_btf"`
+	OhCounterBtf     *ebpf.VariableSpec `ebpf:"oh_counter_btf"`
+	OhDirectionBtf   *ebpf.VariableSpec `ebpf:"oh_direction_btf"`
+	OhEventBtf       *ebpf.VariableSpec `ebpf:"oh_event_btf"`
+	OhEventFlagBtf   *ebpf.VariableSpec `ebpf:"oh_event_flag_btf"`
+	OhEventTypeBtf   *ebpf.VariableSpec `ebpf:"oh_event_type_btf"`
+	OhNetnsFlagBtf   *ebpf.VariableSpec `ebpf:"oh_netns_flag_btf"`
+	OhPolicyBtf      *ebpf.VariableSpec `ebpf:"oh_policy_btf"`
+	OhReportPeriodNs *ebpf.VariableSpec `ebpf:"oh_report_period_ns"`
 }
 
 // OnehopObjects contains all objects after they have been loaded into the kernel.
@@ -193,6 +317,7 @@ type OnehopMaps struct {
 	OhConns    *ebpf.Map `ebpf:"oh_conns"`
 	OhCounters *ebpf.Map `ebpf:"oh_counters"`
 	OhEnrolled *ebpf.Map `ebpf:"oh_enrolled"`
+	OhEvents   *ebpf.Map `ebpf:"oh_events"`
 	OhOrigdst  *ebpf.Map `ebpf:"oh_origdst"`
 	OhRr       *ebpf.Map `ebpf:"oh_rr"`
 	OhServices *ebpf.Map `ebpf:"oh_services"`
@@ -204,6 +329,7 @@ func (m *OnehopMaps) Close() error {
 		m.OhConns,
 		m.OhCounters,
 		m.OhEnrolled,
+		m.OhEvents,
 		m.OhOrigdst,
 		m.OhRr,
 		m.OhServices,
@@ -215,8 +341,15 @@ func (m *OnehopMaps) Close() error {
 //
 // It can be passed to LoadOnehopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type OnehopVariables struct {
-	OhCounterBtf *ebpf.Variable `ebpf:"oh_counter_btf"`
-	OhPolicyBtf  *ebpf.Variable `ebpf:"oh_policy_btf"`
+	OhConnFlagBtf    *ebpf.Variable `ebpf:"oh_conn_flag_btf"`
+	OhCounterBtf     *ebpf.Variable `ebpf:"oh_counter_btf"`
+	OhDirectionBtf   *ebpf.Variable `ebpf:"oh_direction_btf"`
+	OhEventBtf       *ebpf.Variable `ebpf:"oh_event_btf"`
+	OhEventFlagBtf   *ebpf.Variable `ebpf:"oh_event_flag_btf"`
+	OhEventTypeBtf   *ebpf.Variable `ebpf:"oh_event_type_btf"`
+	OhNetnsFlagBtf   *ebpf.Variable `ebpf:"oh_netns_flag_btf"`
+	OhPolicyBtf      *ebpf.Variable `ebpf:"oh_policy_btf"`
+	OhReportPeriodNs *ebpf.Variable `ebpf:"oh_report_period_ns"`
 }
 
 // OnehopPrograms contains all programs after they have been loaded into the kernel.

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -29,6 +31,7 @@ import (
 	"github.com/onehop-mesh/onehop/dataplane/agent"
 	"github.com/onehop-mesh/onehop/dataplane/datapath"
 	"github.com/onehop-mesh/onehop/dataplane/model"
+	"github.com/onehop-mesh/onehop/dataplane/telemetry"
 	"github.com/onehop-mesh/onehop/dataplane/workload"
 	"github.com/onehop-mesh/onehop/dataplane/xds"
 )
@@ -42,6 +45,17 @@ type config struct {
 	mode                                                                          string
 	id                                                                            xds.Identity
 	fetchTimeout                                                                  time.Duration
+	telemetry                                                                     telemetryConfig
+}
+
+// telemetryConfig is how connections are reported (see dataplane/telemetry).
+type telemetryConfig struct {
+	on          bool          // default of each enrollment
+	accessLog   string        // "": none, "-": stdout, else a file
+	period      time.Duration // periodic report of a long connection
+	long        time.Duration // connections this old get series of their own
+	eventBuffer int64         // bytes of oh_events
+	stateFile   string        // enrollments kept across restarts
 }
 
 // Modes of taking configuration from the control plane.
@@ -98,6 +112,23 @@ func parseFlags(args []string) (config, error) {
 			return c, fmt.Errorf("ONEHOP_INITIAL_FETCH_TIMEOUT: %w", err)
 		}
 	}
+	tel, _ := strconv.ParseBool(envOr("true", "ONEHOP_TELEMETRY"))
+	fs.BoolVar(&c.telemetry.on, "telemetry", tel,
+		"report connections (Istio's istio_tcp_* metrics and onehop_tcp_*, from the kernel) of pods whose enrollment does not say otherwise; off costs nothing per connection [ONEHOP_TELEMETRY]")
+	fs.StringVar(&c.telemetry.accessLog, "access-log", envOr("", "ONEHOP_ACCESS_LOG"),
+		"write an access log of JSON lines (open, periodic report, close, failed connect) to this file, or - for stdout; pods are logged unless their enrollment says access_log false; empty: off [ONEHOP_ACCESS_LOG]")
+	fs.DurationVar(&c.telemetry.period, "telemetry-period", 5*time.Second, "report a long-lived connection at most this often [ONEHOP_TELEMETRY_PERIOD]")
+	fs.DurationVar(&c.telemetry.long, "long-connection", 30*time.Second, "connections at least this old get metric series of their own until they close [ONEHOP_LONG_CONNECTION]")
+	evBuf := fs.String("event-buffer", envOr("2MiB", "ONEHOP_EVENT_BUFFER"), "size of the kernel's ring buffer of connection events (a power of two) [ONEHOP_EVENT_BUFFER]")
+	fs.StringVar(&c.telemetry.stateFile, "state-file", envOr("", "ONEHOP_STATE_FILE"),
+		"where enrollments (netns, options, pod metadata) are kept across restarts; default: --admin-socket with .enrolled.json for its extension [ONEHOP_STATE_FILE]")
+	for flagName, env := range map[string]string{"telemetry-period": "ONEHOP_TELEMETRY_PERIOD", "long-connection": "ONEHOP_LONG_CONNECTION"} {
+		if v, ok := os.LookupEnv(env); ok {
+			if err := fs.Set(flagName, v); err != nil {
+				return c, fmt.Errorf("%s: %w", env, err)
+			}
+		}
+	}
 	memLimit := fs.String("memory-limit", envOr(defaultMemoryLimit, "ONEHOP_MEMORY_LIMIT"),
 		"soft limit of the agent's Go memory, e.g. 75MiB or 1GiB; 0 disables; GOMEMLIMIT, when set, wins [ONEHOP_MEMORY_LIMIT]")
 	if err := fs.Parse(args); err != nil {
@@ -106,6 +137,22 @@ func parseFlags(args []string) (config, error) {
 	var err error
 	if c.memoryLimit, err = parseBytes(*memLimit); err != nil {
 		return c, fmt.Errorf("--memory-limit: %w", err)
+	}
+	if c.telemetry.eventBuffer, err = parseBytes(*evBuf); err != nil {
+		return c, fmt.Errorf("--event-buffer: %w", err)
+	}
+	if n := c.telemetry.eventBuffer; n < 4096 || n&(n-1) != 0 || n > 1<<30 {
+		return c, fmt.Errorf("--event-buffer %s: must be a power of two from 4KiB to 1GiB", *evBuf)
+	}
+	if c.telemetry.period <= 0 || c.telemetry.long <= 0 {
+		return c, errors.New("--telemetry-period and --long-connection must be positive")
+	}
+	if (c.telemetry.on || c.telemetry.accessLog != "") && !c.trackConns {
+		return c, errors.New("--telemetry and --access-log need --track-connections: connections are reported by the program that tracks them; pass --telemetry=false to run without")
+	}
+	if c.telemetry.stateFile == "" && c.adminSocket != "" {
+		// agent.sock -> agent.enrolled.json: agents of one host (the lab's nodes) keep apart.
+		c.telemetry.stateFile = strings.TrimSuffix(c.adminSocket, filepath.Ext(c.adminSocket)) + ".enrolled.json"
 	}
 	if c.uninstall && c.bpffs == "" {
 		return c, errors.New("--uninstall needs --bpffs: the directory the agent pinned in")
@@ -228,7 +275,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	opts := datapath.Options{Metrics: dpm, NoConnTracking: !cfg.trackConns, PinDir: cfg.bpffs}
+	opts := datapath.Options{Metrics: dpm, NoConnTracking: !cfg.trackConns, PinDir: cfg.bpffs,
+		EventBytes: int(cfg.telemetry.eventBuffer), ReportPeriod: cfg.telemetry.period}
 	dp, err := datapath.Load(opts)
 	if errors.Is(err, datapath.ErrNotBPFFS) {
 		// Serve anyway, as an agent without --bpffs would: balancing beats not starting.
@@ -246,12 +294,18 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	log.Info("programs attached", "cgroup", cfg.cgroup, "pinned", opts.PinDir != "")
 
+	programmed := &telemetry.Programmed{} // the services telemetry names connections after
 	program := func(c model.Config, apply func() (datapath.ApplyStats, error)) error {
 		start := time.Now()
 		st, err := apply()
 		applySeconds.Observe(time.Since(start).Seconds())
 		if err == nil {
 			log.Info("programmed", "services", len(c.Services), "took", time.Since(start), "stats", fmt.Sprintf("%+v", st))
+			if cfg.mode == modeWorkload {
+				// The workload API's translation updates its map in place, between applies.
+				c.Services = maps.Clone(c.Services)
+			}
+			programmed.Set(&c)
 		}
 		return err
 	}
@@ -262,6 +316,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return program(c, func() (datapath.ApplyStats, error) { return dp.Programmer.ApplyChanged(c, changed) })
 	}
 	node := cfg.id.Node()
+	pods := &telemetry.Pods{}
+	dirs := telemetry.Directories{pods}
 	var follow follower
 	var status, list func() any
 	switch cfg.mode {
@@ -269,6 +325,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		wc := &workload.Client{Addr: cfg.xdsAddr, Node: node, Log: log.With("component", "workload-api"), Adopted: dp.Adopted().Services,
 			Metrics: workload.NewMetrics(reg), Apply: apply, ApplyChanged: applyChanged}
 		follow = wc
+		dirs = append(dirs, workloadDirectory{wc})
 		list = func() any { return wc.Services() }
 		status = func() any {
 			return struct {
@@ -290,8 +347,20 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 			return st
 		}
 	}
+	dirs = append(dirs, programmed)
+	tel, err := startTelemetry(ctx, cfg.telemetry, dp, reg, pods, dirs, log)
+	if err != nil {
+		return err
+	}
 	srv := &agent.Server{Enroller: dp.Enrollment, Ready: follow.Ready, Healthy: func() error { return nil }, Registry: reg, Log: log,
-		Status: func() any { return dp.Programmer.Programmed() }, Config: status, Services: list}
+		Status: func() any { return dp.Programmer.Programmed() }, Config: status, Services: list,
+		Defaults:  datapath.NetnsOptions{Telemetry: cfg.telemetry.on, AccessLog: cfg.telemetry.accessLog != ""},
+		StateFile: cfg.telemetry.stateFile, OnEnroll: tel.enrolled}
+	if n, err := srv.Restore(); err != nil {
+		log.Warn("enrollments of the previous agent not restored: their pods' metric labels are unknown until enrolled again", "file", cfg.telemetry.stateFile, "err", err)
+	} else if n > 0 {
+		log.Info("restored the previous agent's enrollments", "pods", n, "file", cfg.telemetry.stateFile)
+	}
 	var servers []*http.Server
 	serve := func(l net.Listener) {
 		s := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}

@@ -5,10 +5,14 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -16,13 +20,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/onehop-mesh/onehop/dataplane/datapath"
 	"github.com/onehop-mesh/onehop/dataplane/enrollment"
+	"github.com/onehop-mesh/onehop/dataplane/telemetry"
 )
 
 // Enroller is the part of the datapath that decides which pods it serves.
 type Enroller interface {
-	Enroll(cookie uint64) error
+	Enroll(cookie uint64, o datapath.NetnsOptions) error
 	Unenroll(cookie uint64) error
+	Enrolled() ([]uint64, error)
 }
 
 // Server is the agent's HTTP surface:
@@ -32,20 +39,37 @@ type Enroller interface {
 //	GET  /metrics  Prometheus metrics
 //	GET  /status   JSON summary: ready, what Status and Config return (cheap enough to poll)
 //	GET  /services JSON: every service of the config, programmed or not, and why (walks them all)
-//	POST /enroll   {"netns": "/run/netns/x"}: serve that pod's connections
+//	POST /enroll   {"netns": "/run/netns/x", "telemetry": true, "access_log": false, "pod": {...}}:
+//	               serve that pod's connections (options default to Defaults; pod labels metrics)
 //	DELETE /enroll {"netns": ...}: stop serving them; GET /enroll lists enrolled namespaces
 type Server struct {
 	Enroller Enroller
-	Ready    func() bool
-	Healthy  func() error
-	Status   func() any // optional: what /status reports beside readiness, as "programmed"
-	Config   func() any // optional: the control plane side (identity, rejected services, ...), as "xds"
-	Services func() any // optional: GET /services
-	Registry *prometheus.Registry
-	Log      *slog.Logger
+	// Defaults are the options of an enrollment that does not say.
+	Defaults datapath.NetnsOptions
+	// OnEnroll, if set, learns each enrollment change (the telemetry's pods).
+	OnEnroll func(e Enrollment, on bool)
+	// StateFile, if set, keeps the enrollments across agent restarts (the kernel keeps which
+	// namespaces are enrolled; this keeps their paths and pod metadata).
+	StateFile string
+	Ready     func() bool
+	Healthy   func() error
+	Status    func() any // optional: what /status reports beside readiness, as "programmed"
+	Config    func() any // optional: the control plane side (identity, rejected services, ...), as "xds"
+	Services  func() any // optional: GET /services
+	Registry  *prometheus.Registry
+	Log       *slog.Logger
 
 	mu       sync.Mutex
-	enrolled map[string]uint64 // netns path -> cookie
+	enrolled map[string]Enrollment // by netns path
+}
+
+// Enrollment is one enrolled pod, as /enroll took it.
+type Enrollment struct {
+	Netns   string                `json:"netns"`
+	Cookie  uint64                `json:"cookie"`
+	Options datapath.NetnsOptions `json:"options"`
+	Pod     *telemetry.Workload   `json:"pod,omitempty"`
+	PodIPs  []netip.Addr          `json:"pod_ips,omitempty"`
 }
 
 // Client talks HTTP to an agent over its admin unix socket (the host part of URLs is ignored).
@@ -65,7 +89,11 @@ type StatusReply struct {
 
 // EnrollRequest is the body of /enroll.
 type EnrollRequest struct {
-	Netns string `json:"netns"`
+	Netns     string              `json:"netns"`
+	Telemetry *bool               `json:"telemetry,omitempty"`  // default: Server.Defaults
+	AccessLog *bool               `json:"access_log,omitempty"` // default: Server.Defaults
+	Pod       *telemetry.Workload `json:"pod,omitempty"`        // who the pod is, for metric labels
+	PodIPs    []netip.Addr        `json:"pod_ips,omitempty"`    // its addresses: its peers on this node know it by them
 }
 
 // Handler returns the HTTP handler.
@@ -115,6 +143,7 @@ func (s *Server) Handler() http.Handler {
 		}
 		s.mu.Unlock()
 		sort.Strings(out)
+		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(out)
 	})
 	return mux
@@ -124,7 +153,7 @@ func (s *Server) enroll(on bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req EnrollRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Netns == "" {
-			http.Error(w, `body must be {"netns": "<path of the pod's network namespace>"}`, http.StatusBadRequest)
+			http.Error(w, `body must be {"netns": "<path of the pod's network namespace>"} with optional "telemetry", "access_log" (booleans) and "pod" (name, namespace, app, version, ...)`, http.StatusBadRequest)
 			return
 		}
 		cookie, err := enrollment.Cookie(req.Netns)
@@ -132,15 +161,22 @@ func (s *Server) enroll(on bool) http.HandlerFunc {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
+		e := Enrollment{Netns: req.Netns, Cookie: cookie, Options: s.Defaults, Pod: req.Pod, PodIPs: req.PodIPs}
+		if req.Telemetry != nil {
+			e.Options.Telemetry = *req.Telemetry
+		}
+		if req.AccessLog != nil {
+			e.Options.AccessLog = *req.AccessLog
+		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.enrolled == nil {
-			s.enrolled = map[string]uint64{}
+			s.enrolled = map[string]Enrollment{}
 		}
 		if on {
-			err = s.Enroller.Enroll(cookie)
+			err = s.Enroller.Enroll(cookie, e.Options)
 			if err == nil {
-				s.enrolled[req.Netns] = cookie
+				s.enrolled[req.Netns] = e
 			}
 		} else {
 			err = s.Enroller.Unenroll(cookie)
@@ -150,7 +186,77 @@ func (s *Server) enroll(on bool) http.HandlerFunc {
 			http.Error(w, fmt.Sprintf("netns %s (cookie %d): %v", req.Netns, cookie, err), http.StatusInternalServerError)
 			return
 		}
-		s.Log.Info("enrollment", "netns", req.Netns, "cookie", cookie, "enrolled", on)
+		if s.OnEnroll != nil {
+			s.OnEnroll(e, on)
+		}
+		if err := s.save(); err != nil {
+			s.Log.Warn("enrollment state not saved: a restarted agent will not know this pod's metadata", "file", s.StateFile, "err", err)
+		}
+		s.Log.Info("enrollment", "netns", req.Netns, "cookie", cookie, "enrolled", on, "telemetry", e.Options.Telemetry, "access_log", e.Options.AccessLog)
 		fmt.Fprintf(w, "%d\n", cookie)
 	}
+}
+
+// save writes the enrollments to StateFile (whole, by rename). Called with s.mu held.
+func (s *Server) save() error {
+	if s.StateFile == "" {
+		return nil
+	}
+	list := make([]Enrollment, 0, len(s.enrolled))
+	for _, e := range s.enrolled {
+		list = append(list, e)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].Netns < list[j].Netns })
+	b, err := json.MarshalIndent(list, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := s.StateFile + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, s.StateFile)
+}
+
+// Restore reads StateFile, left by an earlier agent, and takes back the enrollments the
+// kernel still holds (its pinned oh_enrolled), telling OnEnroll of each. A missing file is
+// not an error: nothing was enrolled, or nothing was pinned.
+func (s *Server) Restore() (int, error) {
+	if s.StateFile == "" {
+		return 0, nil
+	}
+	b, err := os.ReadFile(s.StateFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var list []Enrollment
+	if err := json.Unmarshal(b, &list); err != nil {
+		return 0, fmt.Errorf("%s: %w", s.StateFile, err)
+	}
+	cookies, err := s.Enroller.Enrolled()
+	if err != nil {
+		return 0, err
+	}
+	inKernel := map[uint64]bool{}
+	for _, c := range cookies {
+		inKernel[c] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.enrolled == nil {
+		s.enrolled = map[string]Enrollment{}
+	}
+	for _, e := range list {
+		if !inKernel[e.Cookie] {
+			continue // unenrolled meanwhile, or the pins were removed
+		}
+		s.enrolled[e.Netns] = e
+		if s.OnEnroll != nil {
+			s.OnEnroll(e, true)
+		}
+	}
+	return len(s.enrolled), s.save()
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -35,7 +36,10 @@ func runClient(spec string) int {
 		return bench(target, stdin, out)
 	}
 	if job.Echo {
-		return echo(target, stdin, out)
+		return echo(target, stdin, out, job.Graceful)
+	}
+	if job.Serve {
+		return serve(target, out)
 	}
 	var stop atomic.Bool
 	if job.Until {
@@ -66,13 +70,29 @@ func runClient(spec string) int {
 }
 
 // echo makes one connection, then for each line on stdin sends it and reports the echo (as
-// Backend) and what getpeername says now; the line "shutdown" half-closes the connection.
-func echo(target netip.AddrPort, stdin *bufio.Scanner, out *json.Encoder) int {
+// Backend) and what getpeername says now; the line "shutdown" half-closes the connection. At
+// the end of stdin it resets the connection, or with graceful half-closes it, waits for the
+// peer's close and closes.
+func echo(target netip.AddrPort, stdin *bufio.Scanner, out *json.Encoder, graceful bool) int {
 	fd, r := dial(target)
 	if err := out.Encode(r); err != nil || fd < 0 {
 		return 1
 	}
-	defer closeReset(fd)
+	defer func() {
+		if !graceful {
+			closeReset(fd)
+			return
+		}
+		var r clientResult
+		if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+			r.Err = "shutdown: " + err.Error()
+		} else if rest, err := readAll(fd); err != nil || rest != "" {
+			r.Err = fmt.Sprintf("waiting for the peer's close: read %q, %v", rest, err)
+		}
+		unix.Close(fd)
+		out.Encode(r)
+	}()
+	stdin.Buffer(make([]byte, 1<<20), 1<<20)
 	for stdin.Scan() {
 		var r clientResult
 		line := stdin.Text()
@@ -105,6 +125,27 @@ func echo(target netip.AddrPort, stdin *bufio.Scanner, out *json.Encoder) int {
 		}
 	}
 	return 0
+}
+
+// serve listens on target and echoes every connection until the peer half-closes, then closes
+// it. Its first line of output gives the address it listens on (as Local).
+func serve(target netip.AddrPort, out *json.Encoder) int {
+	ln, err := net.Listen("tcp", target.String())
+	if err != nil {
+		out.Encode(clientResult{Err: err.Error()})
+		return 1
+	}
+	out.Encode(clientResult{Local: ln.Addr().String()})
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return 1
+		}
+		go func() {
+			io.Copy(c, c)
+			c.Close()
+		}()
+	}
 }
 
 // bench answers each line "N" on stdin with the time N connect()+close() took.

@@ -30,6 +30,12 @@ type Conn struct {
 // whose record was migrated from pin layout 1, until its next state change.
 type TCPState uint32
 
+// TCP states used by name (BPF_TCP_*).
+const (
+	TCPEstablished TCPState = 1
+	TCPClose       TCPState = 7
+)
+
 var tcpStates = [...]string{"unknown", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
 	"TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV"}
 

@@ -7,8 +7,10 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -26,6 +28,12 @@ type Options struct {
 	MaxSlots    int // slot entries of all services, both generations (oh_slots); default 262144
 	MaxConns    int // tracked connections and remembered VIPs (oh_conns, oh_origdst); default 65536
 	MaxNetns    int // enrolled network namespaces (oh_enrolled); default 1024
+	// EventBytes sizes oh_events, the ring buffer of telemetry events (about 180 bytes each): a
+	// power of two, at least a page; default 2 MiB. A pinned one keeps its size.
+	EventBytes int
+	// ReportPeriod: a connection with telemetry on is reported at most this often while it
+	// lives (on an RTT sample, as ACKs arrive); default 5s.
+	ReportPeriod time.Duration
 	// NoConnTracking leaves the sockops program unattached: no oh_conns table, and VIPs
 	// remembered for getpeername leave oh_origdst by LRU eviction instead of at close (socket
 	// cookies are never reused, so a stale entry is never read). It saves the per-connection
@@ -48,6 +56,10 @@ func (o Options) withDefaults() Options {
 	def(&o.MaxSlots, 262144)
 	def(&o.MaxConns, 65536)
 	def(&o.MaxNetns, 1024)
+	def(&o.EventBytes, 2<<20)
+	if o.ReportPeriod <= 0 {
+		o.ReportPeriod = 5 * time.Second
+	}
 	return o
 }
 
@@ -121,13 +133,19 @@ func Load(opts Options) (*Datapath, error) {
 		{maps.OhServices, opts.MaxServices}, {maps.OhRr, opts.MaxServices},
 		{maps.OhSlots, opts.MaxSlots},
 		{maps.OhConns, opts.MaxConns}, {maps.OhOrigdst, opts.MaxConns},
-		{maps.OhEnrolled, opts.MaxNetns},
+		{maps.OhEnrolled, opts.MaxNetns}, {maps.OhEvents, opts.EventBytes},
 	} {
 		if s.n > 1<<24 {
 			return nil, fmt.Errorf("load onehop datapath: %s: %d entries is more than the supported %d", s.m.Name, s.n, 1<<24)
 		}
 		s.m.MaxEntries = uint32(s.n)
 		sized[s.m.Name] = true
+	}
+	if n := opts.EventBytes; n < os.Getpagesize() || n&(n-1) != 0 {
+		return nil, fmt.Errorf("load onehop datapath: telemetry ring buffer of %d bytes: must be a power of two of at least %d", n, os.Getpagesize())
+	}
+	if err := spec.Variables[bpf.OnehopVarOhReportPeriodNs].Set(uint64(opts.ReportPeriod)); err != nil {
+		return nil, fmt.Errorf("load onehop datapath: report period: %w", err)
 	}
 	names, err := counterNames(spec)
 	if err != nil {
@@ -196,6 +214,7 @@ func loadError(err error) error {
 		{"BPF_MAP_TYPE_HASH", func() error { return features.HaveMapType(ebpf.Hash) }},
 		{"BPF_MAP_TYPE_LRU_HASH", func() error { return features.HaveMapType(ebpf.LRUHash) }},
 		{"BPF_MAP_TYPE_PERCPU_ARRAY", func() error { return features.HaveMapType(ebpf.PerCPUArray) }},
+		{"BPF_MAP_TYPE_RINGBUF (Linux 5.8+)", func() error { return features.HaveMapType(ebpf.RingBuf) }},
 		{"bpf_get_netns_cookie for cgroup/connect", func() error {
 			return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie)
 		}},
@@ -210,6 +229,12 @@ func loadError(err error) error {
 		}},
 		{"bpf_sock_ops_cb_flags_set for sockops", func() error {
 			return features.HaveProgramHelper(ebpf.SockOps, asm.FnSockOpsCbFlagsSet)
+		}},
+		{"bpf_skc_to_tcp_sock for sockops (Linux 5.9; telemetry reads tcp_sock through it)", func() error {
+			return features.HaveProgramHelper(ebpf.SockOps, asm.FnSkcToTcpSock)
+		}},
+		{"bpf_ringbuf_reserve for sockops (Linux 5.8)", func() error {
+			return features.HaveProgramHelper(ebpf.SockOps, asm.FnRingbufReserve)
 		}},
 	} {
 		if errors.Is(p.probe(), ebpf.ErrNotSupported) {

@@ -221,7 +221,7 @@ func TestOnlyEnrolledNamespacesAreBalanced(t *testing.T) {
 		t.Run(step.name, func(t *testing.T) {
 			var err error
 			if step.enroll {
-				err = l.dp.Enrollment.Enroll(l.cookie)
+				err = l.dp.Enrollment.Enroll(l.cookie, l.netnsOptions)
 			} else {
 				err = l.dp.Enrollment.Unenroll(l.cookie)
 			}

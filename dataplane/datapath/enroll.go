@@ -17,9 +17,35 @@ type Enrollment struct {
 	metrics *Metrics
 }
 
-// Enroll adds a network namespace (its SO_NETNS_COOKIE / bpf_get_netns_cookie value).
-func (e *Enrollment) Enroll(cookie uint64) error {
-	err := e.m.Update(cookie, uint8(1), ebpf.UpdateAny)
+// NetnsOptions is what onehop does for an enrolled network namespace besides balancing its
+// connects and tracking its connections.
+type NetnsOptions struct {
+	Telemetry bool `json:"telemetry"`  // report its connections: metrics, and the access log if on
+	AccessLog bool `json:"access_log"` // an access log line per connection event (with Telemetry)
+}
+
+func (o NetnsOptions) flags() uint8 {
+	f := uint8(bpf.OnehopOhNetnsFlagOH_NETNS_BALANCE)
+	if o.Telemetry {
+		f |= uint8(bpf.OnehopOhNetnsFlagOH_NETNS_TELEMETRY)
+	}
+	if o.AccessLog {
+		f |= uint8(bpf.OnehopOhNetnsFlagOH_NETNS_ACCESS_LOG)
+	}
+	return f
+}
+
+func optionsOf(f uint8) NetnsOptions {
+	return NetnsOptions{
+		Telemetry: f&uint8(bpf.OnehopOhNetnsFlagOH_NETNS_TELEMETRY) != 0,
+		AccessLog: f&uint8(bpf.OnehopOhNetnsFlagOH_NETNS_ACCESS_LOG) != 0,
+	}
+}
+
+// Enroll adds a network namespace (its SO_NETNS_COOKIE / bpf_get_netns_cookie value), or
+// changes its options: connections established from then on follow them.
+func (e *Enrollment) Enroll(cookie uint64, o NetnsOptions) error {
+	err := e.m.Update(cookie, o.flags(), ebpf.UpdateAny)
 	e.metrics.mapOp(bpf.OnehopMapOhEnrolled, "update", 1, err)
 	if err != nil {
 		return fmt.Errorf("enroll netns %d in %s: %w (raise Options.MaxNetns if it is full)", cookie, bpf.OnehopMapOhEnrolled, err)
@@ -38,6 +64,18 @@ func (e *Enrollment) Unenroll(cookie uint64) error {
 		return fmt.Errorf("unenroll netns %d from %s: %w", cookie, bpf.OnehopMapOhEnrolled, err)
 	}
 	return nil
+}
+
+// Options returns the options a network namespace is enrolled with; ok is false if it is not.
+func (e *Enrollment) Options(cookie uint64) (o NetnsOptions, ok bool, err error) {
+	var f uint8
+	switch err := e.m.Lookup(cookie, &f); {
+	case errors.Is(err, ebpf.ErrKeyNotExist):
+		return o, false, nil
+	case err != nil:
+		return o, false, fmt.Errorf("look up netns %d in %s: %w", cookie, bpf.OnehopMapOhEnrolled, err)
+	}
+	return optionsOf(f), true, nil
 }
 
 // Enrolled lists the enrolled network namespace cookies.

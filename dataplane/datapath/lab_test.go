@@ -81,6 +81,8 @@ type lab struct {
 	netns  *netns
 	cookie uint64 // of netns
 	pinDir string // newPinnedLab's
+	// netnsOptions: what newLab enrolls netns with.
+	netnsOptions NetnsOptions
 }
 
 var attachTypes = []ebpf.AttachType{
@@ -95,7 +97,7 @@ func newLab(t testing.TB, opts Options) *lab {
 	if err := l.dp.Attach(l.cgroup); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.dp.Enrollment.Enroll(l.cookie); err != nil {
+	if err := l.dp.Enrollment.Enroll(l.cookie, l.netnsOptions); err != nil {
 		t.Fatal(err)
 	}
 	return l
@@ -272,6 +274,8 @@ type clientJob struct {
 	Until    bool          `json:"until"`    // connect until stdin closes
 	Pause    time.Duration `json:"pause"`    // between connections
 	Echo     bool          `json:"echo"`     // one connection; per line on stdin: send, read the echo
+	Graceful bool          `json:"graceful"` // echo: at the end of stdin, close gracefully (not a reset)
+	Serve    bool          `json:"serve"`    // listen on Target and echo each connection until EOF
 }
 
 type clientResult struct {

@@ -13,18 +13,26 @@ import (
 	"github.com/onehop-mesh/onehop/bpf"
 )
 
-// connV1 is struct oh_conn of pin layout 1, which ended at established_ns. The generated
-// bindings describe only the current layout; this is the one description of the old one.
+// connV1 is struct oh_conn of pin layout 1, which ended at established_ns; connV3, of layouts 2
+// and 3, ended at state_changes. The generated bindings describe only the current layout; these
+// are the one description of the old ones.
 type connV1 struct {
 	Src, Dst      bpf.OnehopOhEndpoint
 	Netns         uint64
 	EstablishedNs uint64
 }
 
+type connV3 struct {
+	connV1
+	StateNs      uint64
+	State        uint32
+	StateChanges uint32
+}
+
 // olderLayouts describes the layouts Load migrates from, by how their maps differ from the
 // current ones. A map not listed is unchanged: the migration carries the kernel object itself
 // over (pinned again in the new layout), so nothing the programs write meanwhile is lost. A
-// listed map is created anew and its entries are converted.
+// listed map is created anew and its entries are converted (or, if added, created empty).
 var olderLayouts = map[int]map[string]mapChange{
 	1: {
 		bpf.OnehopMapOhConns: {
@@ -36,15 +44,30 @@ var olderLayouts = map[int]map[string]mapChange{
 				})
 			},
 		},
-		bpf.OnehopMapOhCounters: countersV2,
+		bpf.OnehopMapOhCounters: {maxEntries: 10, copier: addCounts},
+		bpf.OnehopMapOhEvents:   added,
 	},
-	2: {bpf.OnehopMapOhCounters: countersV2},
+	2: {bpf.OnehopMapOhConns: connsV3, bpf.OnehopMapOhCounters: {maxEntries: 10, copier: addCounts}, bpf.OnehopMapOhEvents: added},
+	3: {bpf.OnehopMapOhConns: connsV3, bpf.OnehopMapOhCounters: {maxEntries: 11, copier: addCounts}, bpf.OnehopMapOhEvents: added},
 }
 
-// countersV2 is oh_counters before connect_refused: 10 counters.
-var countersV2 = mapChange{maxEntries: 10, copier: addCounts}
+// connsV3 converts oh_conns of layouts 2 and 3: the connection's direction and VIP are unknown
+// and it has no telemetry (its socket never asked for RTT callbacks).
+var connsV3 = mapChange{
+	valueSize: uint32(binary.Size(connV3{})),
+	copier: func() copier {
+		return converter[uint64](func(c connV3) bpf.OnehopOhConn {
+			return bpf.OnehopOhConn{Src: c.Src, Dst: c.Dst, Netns: c.Netns, EstablishedNs: c.EstablishedNs,
+				StateNs: c.StateNs, State: c.State, StateChanges: c.StateChanges}
+		})
+	},
+}
+
+// added marks a map the old layout did not have.
+var added = mapChange{added: true}
 
 type mapChange struct {
+	added      bool   // not in the old layout: created empty
 	valueSize  uint32 // in the old layout; 0: unchanged
 	maxEntries uint32 // in the old layout, for a map whose size is the layout's (not Options'); 0: unchanged
 	copier     func() copier
@@ -138,6 +161,9 @@ func (d *Datapath) migrate(spec *ebpf.CollectionSpec, sized map[string]bool, fro
 		}
 		oldSpec := ms.Copy()
 		c, changed := changes[name]
+		if c.added {
+			continue
+		}
 		if changed && c.valueSize != 0 {
 			oldSpec.ValueSize, oldSpec.Value = c.valueSize, nil
 		}
@@ -181,7 +207,7 @@ func (d *Datapath) migrate(spec *ebpf.CollectionSpec, sized map[string]bool, fro
 	}
 	copiers := map[string]copier{}
 	for name, c := range changes {
-		if old[name] != nil {
+		if old[name] != nil && c.copier != nil {
 			copiers[name] = c.copier()
 			if err := copiers[name](old[name], d.maps[name]); err != nil {
 				return fail(fmt.Errorf("copy %s: %w", name, err))

@@ -35,7 +35,7 @@ import (
 // to those and describe the previous layout in olderLayouts, so it is migrated, never misread.
 // Version 1 is the layout before struct oh_conn had its state fields; version 2 the one before
 // the connect_refused counter.
-const LayoutVersion = 3
+const LayoutVersion = 4
 
 // Adopted is what Load found under Options.PinDir.
 type Adopted struct {

@@ -60,7 +60,7 @@ func newPinnedLab(t testing.TB, opts Options) *lab {
 		}
 	})
 	l.open(opts)
-	if err := l.dp.Enrollment.Enroll(l.cookie); err != nil {
+	if err := l.dp.Enrollment.Enroll(l.cookie, l.netnsOptions); err != nil {
 		t.Fatal(err)
 	}
 	return l
@@ -469,8 +469,8 @@ func TestUninstallRemovesOnlyWhatOnehopPinned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.Links != 5 || u.Pins != 12 {
-		t.Errorf("Uninstall: %+v, want 5 links detached and 12 pins (7 maps, 5 links) removed", u)
+	if u.Links != 5 || u.Pins != 13 {
+		t.Errorf("Uninstall: %+v, want 5 links detached and 13 pins (8 maps, 5 links) removed", u)
 	}
 	want := []string{"foreign", "other", "other/foreign", "v2-not-a-layout"}
 	if left := pins(t, l.pinDir); !slices.Equal(left, want) {

@@ -327,7 +327,7 @@ func TestMetricsCountMapOperationsAndExportKernelCounters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := dp.Enrollment.Enroll(42); err != nil {
+	if err := dp.Enrollment.Enroll(42, NetnsOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	got := gather(t, reg)

@@ -2,6 +2,7 @@ package variants
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,10 +23,16 @@ import (
 	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/clusters/controlplane"
 	"github.com/onehop-mesh/onehop/dataplane/agent"
+	"github.com/onehop-mesh/onehop/dataplane/telemetry"
 )
 
 // DataplaneModeLabel is the namespace label that enrolls pods, as in Istio ambient and Kmesh.
 const DataplaneModeLabel = "istio.io/dataplane-mode"
+
+// TelemetryLabel on an enrolled namespace says how its pods' connections are reported: "off",
+// "on" (metrics) or "access-log" (metrics and an access log line per event). Without it, the
+// agent's default: metrics on.
+const TelemetryLabel = "onehop.io/telemetry"
 
 // xdsPort is where the lab's control plane listens on the first node (istiod's plaintext port).
 const xdsPort = "15010"
@@ -41,6 +48,8 @@ type Onehop struct {
 	// (Envoy xDS, as istiod serves a sidecar) or "workload" (Istio's ambient workload API, as
 	// istiod serves ztunnel). Default: $ONEHOP_LAB_XDS_MODE, else envoy.
 	XDSMode string
+	// AgentArgs are extra flags for every agent (tests: a shorter telemetry period).
+	AgentArgs []string
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -64,6 +73,11 @@ func (o *Onehop) Labels() map[string]string { return map[string]string{Dataplane
 // AgentSocket is the unix socket of a node's agent admin API.
 func AgentSocket(h clusters.NodeHost, node string) string {
 	return filepath.Join(h.RuntimeDir(), "agent-"+node+".sock")
+}
+
+// AgentAccessLog is where a node's agent writes the access log of the pods enrolled with one.
+func AgentAccessLog(h clusters.NodeHost, node string) string {
+	return filepath.Join(h.RuntimeDir(), "agent-"+node+"-access.log")
 }
 
 func (o *Onehop) xdsMode() string {
@@ -132,11 +146,12 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 		sock := AgentSocket(h, node)
 		os.Remove(sock)
 		o.argv[node] = []string{bin, "--node-id", node, "--xds-address", cpAddr, "--cgroup", h.NodeCgroup(node),
-			"--bpffs", h.NodeBPFDir(node), "--admin-socket", sock, "--metrics-address", ":15020"}
+			"--bpffs", h.NodeBPFDir(node), "--admin-socket", sock, "--metrics-address", ":15020",
+			"--access-log", AgentAccessLog(h, node)}
 		if ips := h.NodeAddresses(node); len(ips) > 0 {
 			o.argv[node] = append(o.argv[node], "--node-ip", ips[0].String())
 		}
-		o.argv[node] = append(o.argv[node], "--xds-mode", o.xdsMode())
+		o.argv[node] = append(append(o.argv[node], "--xds-mode", o.xdsMode()), o.AgentArgs...)
 		p, err := h.StartOnNode(ctx, node, clusters.Command{Name: "onehop-agent", Argv: o.argv[node], Detach: true})
 		if err != nil {
 			return fmt.Errorf("onehop: start agent on %s: %w", node, err)
@@ -178,19 +193,43 @@ func (o *Onehop) stopControlPlane() {
 
 // enrollPods enrolls (or unenrolls) every pod of the namespaces labelled for onehop.
 func (o *Onehop) enrollPods(ctx context.Context, c clusters.Cluster, h clusters.NodeHost, on bool) error {
-	labelled := map[string]bool{}
-	for _, ns := range c.Spec().Namespaces {
-		if ns.Labels[DataplaneModeLabel] == "onehop" {
-			labelled[ns.Name] = true
-		}
-	}
 	var errs []error
 	for _, pod := range c.Pods() {
-		if labelled[pod.Namespace] {
-			errs = append(errs, Enroll(ctx, AgentSocket(h, pod.Node), h.NetnsPath(pod.Name), on))
+		if req, ok := enrollRequest(c, h, pod); ok {
+			errs = append(errs, Enroll(ctx, AgentSocket(h, pod.Node), req, on))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// enrollRequest is how a pod is enrolled: its netns, its namespace's telemetry label, and who it
+// is for metric labels (a lab pod is a bare pod: its own workload, named after it; canonical
+// names from its app and version labels, as Istio takes them). ok is false if its namespace is
+// not labelled for onehop.
+func enrollRequest(c clusters.Cluster, h clusters.NodeHost, pod clusters.Pod) (agent.EnrollRequest, bool) {
+	var labels map[string]string
+	for _, ns := range c.Spec().Namespaces {
+		if ns.Name == pod.Namespace {
+			labels = ns.Labels
+		}
+	}
+	if labels[DataplaneModeLabel] != "onehop" {
+		return agent.EnrollRequest{}, false
+	}
+	req := agent.EnrollRequest{Netns: h.NetnsPath(pod.Name), Pod: &telemetry.Workload{
+		Name: pod.Name, Namespace: pod.Namespace, App: pod.Labels["app"], Version: pod.Labels["version"],
+		CanonicalService: cmp.Or(pod.Labels["app"], pod.Name), CanonicalRevision: cmp.Or(pod.Labels["version"], "latest"),
+		Cluster: controlplane.ClusterID}, PodIPs: pod.IPs}
+	yes, no := true, false
+	switch labels[TelemetryLabel] {
+	case "off":
+		req.Telemetry, req.AccessLog = &no, &no
+	case "access-log":
+		req.Telemetry, req.AccessLog = &yes, &yes
+	default: // "on", or the agent's default; the lab's agents write an access log for those who ask
+		req.AccessLog = &no
+	}
+	return req, true
 }
 
 // Uninstall stops the agents and the control plane, then removes what the agents pinned: a
@@ -242,18 +281,23 @@ func (o *Onehop) podEnrollment(ctx context.Context, c clusters.Cluster, pod clus
 	if !ok {
 		return fmt.Errorf("onehop: the %s provider does not run its own nodes", c.Provider())
 	}
-	return Enroll(ctx, AgentSocket(h, pod.Node), h.NetnsPath(pod.Name), on)
+	req, ok := enrollRequest(c, h, pod)
+	if !ok {
+		return fmt.Errorf("onehop: pod %s/%s: its namespace is not labelled %s=onehop", pod.Namespace, pod.Name, DataplaneModeLabel)
+	}
+	return Enroll(ctx, AgentSocket(h, pod.Node), req, on)
 }
 
-// Enroll asks a node's agent to serve (or stop serving) the pod whose network namespace is netns.
-func Enroll(ctx context.Context, sock, netns string, on bool) error {
-	body, _ := json.Marshal(agent.EnrollRequest{Netns: netns})
+// Enroll asks a node's agent to serve (or stop serving) the pod of req.Netns.
+func Enroll(ctx context.Context, sock string, req agent.EnrollRequest, on bool) error {
+	netns := req.Netns
+	body, _ := json.Marshal(req)
 	method := http.MethodPost
 	if !on {
 		method = http.MethodDelete
 	}
-	req, _ := http.NewRequestWithContext(ctx, method, "http://agent/enroll", bytes.NewReader(body))
-	resp, err := agent.Client(sock).Do(req)
+	hreq, _ := http.NewRequestWithContext(ctx, method, "http://agent/enroll", bytes.NewReader(body))
+	resp, err := agent.Client(sock).Do(hreq)
 	if err != nil {
 		return fmt.Errorf("enroll %s via %s: %w", netns, sock, err)
 	}

@@ -131,7 +131,7 @@ func TestOnehopEnrollmentTogglesWithoutRestart(t *testing.T) {
 	v := serviceIP(t, c, "onehop", "web")
 	sock := AgentSocket(c, "n1")
 	before := natPackets(t, c, v)
-	if err := Enroll(context.Background(), sock, c.NetnsPath("onehop-client"), false); err != nil {
+	if err := Enroll(context.Background(), sock, agent.EnrollRequest{Netns: c.NetnsPath("onehop-client")}, false); err != nil {
 		t.Fatal(err)
 	}
 	if status, _ := get(t, c, "onehop-client", "http://"+v+"/echo"); status != "200" {
@@ -140,7 +140,7 @@ func TestOnehopEnrollmentTogglesWithoutRestart(t *testing.T) {
 	if n := natPackets(t, c, v); n <= before {
 		t.Errorf("unenrolled client did not fall back to iptables (NAT packets %d -> %d)", before, n)
 	}
-	if err := Enroll(context.Background(), sock, c.NetnsPath("onehop-client"), true); err != nil {
+	if err := Enroll(context.Background(), sock, agent.EnrollRequest{Netns: c.NetnsPath("onehop-client")}, true); err != nil {
 		t.Fatal(err)
 	}
 	mid := natPackets(t, c, v)

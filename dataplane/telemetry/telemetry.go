@@ -1,0 +1,281 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/onehop-mesh/onehop/dataplane/datapath"
+)
+
+// Options configure a Telemetry.
+type Options struct {
+	// Registerer gets the metrics (nil: a private registry, for tests).
+	Registerer prometheus.Registerer
+	// Pods are the local pods; Directory knows the rest (the control plane's view).
+	Pods      *Pods
+	Directory Directory
+	// AccessLog, if not nil, gets a line per event of the namespaces enrolled with access_log.
+	AccessLog *slog.Logger
+	// AccessLogOn says whether a namespace's events are logged (its enrollment's access_log).
+	AccessLogOn func(netns uint64) bool
+	// LongConnection: connections at least this old get series of their own (default 30s).
+	LongConnection time.Duration
+}
+
+// Telemetry consumes connection events: it keeps the Istio-standard TCP metrics, the
+// per-connection series of long connections, and writes the access log.
+type Telemetry struct {
+	opts Options
+	m    *metrics
+
+	mu    sync.Mutex
+	conns map[uint64]*conn // live connections seen, by socket cookie
+}
+
+// conn is what Telemetry keeps of a live connection: its label children (resolved once) and,
+// once it is long, its latest counters.
+type conn struct {
+	labels prometheus.Labels
+	c      *children
+	last   datapath.Event
+	long   bool
+}
+
+// New creates a Telemetry and registers its metrics.
+func New(opts Options) (*Telemetry, error) {
+	if opts.LongConnection <= 0 {
+		opts.LongConnection = 30 * time.Second
+	}
+	if opts.Pods == nil {
+		opts.Pods = &Pods{}
+	}
+	if opts.Directory == nil {
+		opts.Directory = Directories{}
+	}
+	t := &Telemetry{opts: opts, conns: map[uint64]*conn{}}
+	m, err := newMetrics(opts.Registerer, t)
+	if err != nil {
+		return nil, err
+	}
+	t.m = m
+	return t, nil
+}
+
+// Run reads events from rd until ctx ends or rd is closed.
+func (t *Telemetry) Run(ctx context.Context, rd *datapath.EventReader) error {
+	stop := context.AfterFunc(ctx, func() { rd.Close() })
+	defer stop()
+	for {
+		ev, err := rd.Read()
+		if errors.Is(err, datapath.ErrClosed) {
+			return nil
+		}
+		if err != nil {
+			t.m.readErrors.Inc()
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
+		}
+		t.Handle(&ev)
+	}
+}
+
+// Handle accounts one event.
+func (t *Telemetry) Handle(e *datapath.Event) {
+	t.m.events.WithLabelValues(e.Type.String()).Inc()
+	if e.Type == datapath.EventConnectFailed {
+		labels := t.resolve(e)
+		t.m.failed.With(withReason(labels, failReason(e))).Inc()
+		t.log(e, labels)
+		return
+	}
+	t.opts.Pods.learn(e.Netns, e.Src.Addr())
+	t.mu.Lock()
+	c := t.conns[e.Cookie]
+	if c == nil {
+		labels := t.resolve(e)
+		c = &conn{labels: labels, c: t.m.children(labels)}
+		t.conns[e.Cookie] = c
+	}
+	c.last = *e
+	c.long = e.Age() >= t.opts.LongConnection
+	if e.Type == datapath.EventClose {
+		delete(t.conns, e.Cookie)
+	}
+	t.mu.Unlock()
+
+	ch := c.c
+	if e.First {
+		ch.opened.Inc()
+	}
+	ch.sent.Add(float64(e.Delta.BytesSent))
+	ch.received.Add(float64(e.Delta.BytesReceived))
+	ch.retrans.Add(float64(e.Delta.Retrans))
+	ch.lost.Add(float64(e.Delta.Lost))
+	if e.Type != datapath.EventOpen && e.SRTT > 0 {
+		ch.srtt.Observe(e.SRTT.Seconds())
+	}
+	if e.Type == datapath.EventClose {
+		ch.closed.Inc()
+	}
+	t.log(e, c.labels)
+}
+
+func failReason(e *datapath.Event) string {
+	switch {
+	case e.NoEndpoints:
+		return "no_endpoints"
+	case e.Err == syscall.ECONNREFUSED:
+		return "refused"
+	case e.Err == syscall.ETIMEDOUT:
+		return "timeout"
+	case e.Err == syscall.EHOSTUNREACH || e.Err == syscall.ENETUNREACH:
+		return "unreachable"
+	case e.Err == syscall.ECONNRESET:
+		return "reset"
+	}
+	return "other"
+}
+
+// resolve labels an event's connection as Istio would: reporter "source" for the client side
+// (an outbound socket of a local pod), "destination" for the server side.
+func (t *Telemetry) resolve(e *datapath.Event) prometheus.Labels {
+	local, _ := t.opts.Pods.Local(e.Netns)
+	peer, _ := t.opts.Directory.Workload(e.Dst.Addr())
+	var (
+		svc     Service
+		haveSvc bool
+	)
+	src, dst := local, peer
+	reporter, policy := "source", "unknown"
+	if e.Direction == datapath.DirectionInbound {
+		src, dst = peer, local
+		reporter, policy = "destination", "none" // plaintext: Istio says none without mTLS
+		svc, haveSvc = t.opts.Directory.ServiceOf(e.Src)
+	} else if e.VIP.IsValid() {
+		svc, haveSvc = t.opts.Directory.Service(e.VIP)
+	} else {
+		svc, haveSvc = t.opts.Directory.ServiceOf(e.Dst)
+	}
+	if !haveSvc {
+		svc = Service{}
+		if e.Direction == datapath.DirectionOutbound && e.Dst.IsValid() {
+			svc.Host = e.Dst.Addr().String() // as Istio names a destination it knows no service of
+		}
+	}
+	flags := "-"
+	if e.Type == datapath.EventConnectFailed {
+		flags = "UF" // upstream connection failure
+		if e.NoEndpoints {
+			flags = "UH" // no healthy upstream
+		}
+	}
+	return prometheus.Labels{
+		"reporter":                       reporter,
+		"source_workload":                or(src.Name),
+		"source_workload_namespace":      or(src.Namespace),
+		"source_principal":               "unknown", // a principal is what mTLS proves; onehop carries plaintext
+		"source_app":                     or(src.App),
+		"source_version":                 or(src.Version),
+		"source_canonical_service":       or(src.CanonicalService),
+		"source_canonical_revision":      or(src.CanonicalRevision),
+		"source_cluster":                 or(src.Cluster),
+		"destination_workload":           or(dst.Name),
+		"destination_workload_namespace": or(dst.Namespace),
+		"destination_principal":          "unknown",
+		"destination_app":                or(dst.App),
+		"destination_version":            or(dst.Version),
+		"destination_canonical_service":  or(dst.CanonicalService),
+		"destination_canonical_revision": or(dst.CanonicalRevision),
+		"destination_cluster":            or(dst.Cluster),
+		"destination_service":            or(svc.Host),
+		"destination_service_name":       or(svc.Name),
+		"destination_service_namespace":  or(svc.Namespace),
+		"request_protocol":               "tcp",
+		"response_flags":                 flags,
+		"connection_security_policy":     policy,
+	}
+}
+
+func or(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// log writes the access log line of an event, if its namespace asked for one.
+func (t *Telemetry) log(e *datapath.Event, labels prometheus.Labels) {
+	if t.opts.AccessLog == nil || (t.opts.AccessLogOn != nil && !t.opts.AccessLogOn(e.Netns)) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("event", e.Type.String()),
+		slog.String("direction", e.Direction.String()),
+		slog.String("reporter", labels["reporter"]),
+		slog.String("src", addr(e.Src)),
+		slog.String("dst", addr(e.Dst)),
+		slog.String("service_address", addr(e.VIP)),
+		slog.String("service", labels["destination_service"]),
+		slog.String("src_workload", labels["source_workload"]),
+		slog.String("src_namespace", labels["source_workload_namespace"]),
+		slog.String("dst_workload", labels["destination_workload"]),
+		slog.String("dst_namespace", labels["destination_workload_namespace"]),
+		slog.String("state", e.State.String()),
+		slog.Time("event_time", e.Time),
+	}
+	if e.Type == datapath.EventConnectFailed {
+		attrs = append(attrs, slog.String("error", e.Err.Error()), slog.String("reason", failReason(e)))
+	} else {
+		attrs = append(attrs,
+			slog.Time("start_time", e.Established),
+			slog.Float64("duration_ms", ms(e.Age())),
+			slog.Uint64("bytes_sent", e.Total.BytesSent),
+			slog.Uint64("bytes_received", e.Total.BytesReceived),
+			slog.Uint64("retransmits", uint64(e.Total.Retrans)),
+			slog.Uint64("lost", uint64(e.Total.Lost)),
+			slog.Float64("srtt_ms", ms(e.SRTT)),
+			slog.Float64("min_rtt_ms", ms(e.MinRTT)),
+			slog.Uint64("cookie", e.Cookie))
+	}
+	t.opts.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "connection", attrs...)
+}
+
+func addr(a netip.AddrPort) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// Live is how many live connections Telemetry keeps.
+func (t *Telemetry) Live() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.conns)
+}
+
+// Prune forgets the connections the kernel no longer tracks (alive says which it does) whose
+// close event was lost, so that a full ring buffer cannot make Telemetry grow for ever.
+func (t *Telemetry) Prune(alive func(cookie uint64) bool) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for cookie := range t.conns {
+		if !alive(cookie) {
+			delete(t.conns, cookie)
+			n++
+		}
+	}
+	return n
+}
