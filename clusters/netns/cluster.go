@@ -584,7 +584,9 @@ func (c *Cluster) NodeBPFDir(nodeName string) string {
 func (c *Cluster) RuntimeDir() string { return c.p.labDir(c.name) }
 
 // NodeNetnsPath returns a node's network namespace path.
-func (c *Cluster) NodeNetnsPath(nodeName string) string { return netnsPath(nodeNetns(c.name, nodeName)) }
+func (c *Cluster) NodeNetnsPath(nodeName string) string {
+	return netnsPath(nodeNetns(c.name, nodeName))
+}
 
 // NetnsPath returns a pod's network namespace path.
 func (c *Cluster) NetnsPath(podName string) string { return netnsPath(podNetns(c.name, podName)) }
