@@ -34,6 +34,8 @@ type Result struct {
 	Survival []Survival `json:"survival,omitempty"`
 	// Startup holds start-up scenario results, one per new pod (Runs is then empty).
 	Startup []StartupRun `json:"startup,omitempty"`
+	// Telemetry is the data plane's own view of the traffic (variants with node agents).
+	Telemetry *TelemetryView `json:"telemetry,omitempty"`
 }
 
 // ScenarioInfo names the scenario and keeps its fully resolved settings.
@@ -76,13 +78,17 @@ type Run struct {
 	CPU      cpu.Usage       `json:"cpu"`
 	CPUPer1k CPUPer1k        `json:"cpu_per_1k_requests"`
 	Fortio   json.RawMessage `json:"fortio"` // fortio's own HTTPRunnerResults, histograms included
+	// Warmup is the warm-up's summary (not measured, but carried by the data plane: its
+	// connections count in the data plane's own telemetry); nil without a warm-up.
+	Warmup *Latency `json:"warmup,omitempty"`
 }
 
 // Latency summarises fortio's histogram; all durations in microseconds.
 type Latency struct {
 	Requests    int64              `json:"requests"`
-	Errors      int64              `json:"errors"`  // non-2xx answers and socket errors
-	Sockets     int64              `json:"sockets"` // sockets fortio opened during the run
+	Errors      int64              `json:"errors"`         // non-2xx answers and socket errors
+	Sockets     int64              `json:"sockets"`        // sockets fortio opened during the run
+	RespBytes   int64              `json:"response_bytes"` // bytes of the responses, headers included
 	ActualQPS   float64            `json:"actual_qps"`
 	AvgUS       float64            `json:"avg_us"`
 	MinUS       float64            `json:"min_us"`

@@ -14,6 +14,7 @@ type fortioResult struct {
 	NumThreads        int
 	SocketCount       int64
 	RetCodes          map[string]int64
+	Sizes             struct{ Sum float64 } // response sizes, headers included
 	DurationHistogram struct {
 		Count       int64
 		Min, Max    float64
@@ -33,6 +34,7 @@ func Summarize(fortio json.RawMessage) (Latency, error) {
 		Requests:    h.Count,
 		Errors:      h.Count - f.RetCodes["200"],
 		Sockets:     f.SocketCount,
+		RespBytes:   int64(f.Sizes.Sum),
 		ActualQPS:   f.ActualQPS,
 		AvgUS:       h.Avg * 1e6,
 		MinUS:       h.Min * 1e6,

@@ -11,6 +11,7 @@
 #include <linux/socket.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 
 #include "onehop.h"
 
@@ -27,9 +28,24 @@
  * each field's offset in the running kernel's BTF (/sys/kernel/btf/vmlinux), so no kernel
  * headers are needed and any layout of these structs works. tcp_sock starts with its struct sock.
  */
+struct sock_common {
+	unsigned long skc_flags; /* Linux 6.12+: sk_flags moved here */
+} __attribute__((preserve_access_index));
+
 struct sock {
+	struct sock_common __sk_common;
 	int sk_err;
 } __attribute__((preserve_access_index));
+
+struct sock___before_6_12 {
+	unsigned long sk_flags;
+} __attribute__((preserve_access_index));
+
+/* The kernel's enum sock_flags: SOCK_DONE is set when the peer's FIN arrives (tcp_fin). */
+enum sock_flags {
+	SOCK_DEAD,
+	SOCK_DONE,
+};
 
 struct tcp_sock {
 	__u32 lost;          /* packets marked lost, total */
@@ -118,6 +134,8 @@ const volatile enum oh_direction oh_direction_btf __attribute__((unused));
 
 /* How often a long connection is reported at most; the agent sets it before loading. */
 const volatile __u64 oh_report_period_ns = 5000000000ULL;
+/* Wake the agent's reader when oh_events holds this much; the agent sets it before loading. */
+const volatile __u64 oh_events_wakeup_bytes = 1 << 19;
 
 static __always_inline void count(enum oh_counter c)
 {
@@ -260,6 +278,16 @@ static __always_inline __u8 ours(struct bpf_sock_addr *ctx)
 	return flags;
 }
 
+/*
+ * Events are submitted without waking the agent until oh_events holds oh_events_wakeup_bytes:
+ * the agent reads on its own every few hundred milliseconds anyway, and a wakeup per event would
+ * cost a context switch per connection.
+ */
+static __always_inline __u64 wakeup(void)
+{
+	return bpf_ringbuf_query(&oh_events, BPF_RB_AVAIL_DATA) >= oh_events_wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 /* Reports a connect refused because the service has no endpoints (telemetry on). */
 static __always_inline void refused_event(struct bpf_sock_addr *ctx, const struct oh_svc_key *key)
 {
@@ -279,7 +307,7 @@ static __always_inline void refused_event(struct bpf_sock_addr *ctx, const struc
 	e->time_ns = bpf_ktime_get_ns();
 	__builtin_memcpy(e->orig.addr, key->addr, sizeof(e->orig.addr));
 	e->orig.port = key->port;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup());
 	count(OH_CNT_EVENTS_SENT);
 }
 
@@ -425,22 +453,34 @@ static __always_inline struct tcp_sock *tcp_sk(struct bpf_sock_ops *skops)
 	return bpf_skc_to_tcp_sock(sk);
 }
 
-/* Reads the connection's cumulative counters; fin_in: the peer's FIN was received. */
-static __always_inline void read_stats(struct bpf_sock_ops *skops, int fin_in, struct oh_tcp_stats *st)
+/*
+ * Reads the connection's cumulative counters. tcp_sock.bytes_received counts the peer's FIN as
+ * a byte once it arrived in order, which SOCK_DONE says (tcp_fin sets it): that byte is left out.
+ */
+static __always_inline void read_stats(struct bpf_sock_ops *skops, struct oh_tcp_stats *st)
 {
 	struct tcp_sock *tp = tcp_sk(skops);
 	__u64 rcvd = skops->bytes_received;
 
-	st->bytes_received = rcvd > 0 && fin_in ? rcvd - 1 : rcvd;
 	st->segs_in = skops->segs_in;
 	st->segs_out = skops->segs_out;
 	st->retrans = skops->total_retrans;
+	st->bytes_received = rcvd;
+	st->bytes_sent = 0;
+	st->lost = 0;
 	if (tp) {
+		unsigned long done = 1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE);
+
 		st->bytes_sent = tp->bytes_sent - tp->bytes_retrans;
 		st->lost = tp->lost;
-	} else {
-		st->bytes_sent = 0;
-		st->lost = 0;
+		unsigned long flags;
+
+		if (bpf_core_field_exists(((struct sock *)tp)->__sk_common.skc_flags))
+			flags = ((struct sock *)tp)->__sk_common.skc_flags;
+		else
+			flags = ((struct sock___before_6_12 *)tp)->sk_flags;
+		if (rcvd > 0 && (flags & done))
+			st->bytes_received = rcvd - 1;
 	}
 }
 
@@ -482,12 +522,12 @@ static __always_inline void conn_event(struct bpf_sock_ops *skops, struct oh_con
 	e->srtt_us = skops->srtt_us >> 3; /* tcp_sock keeps it times 8 */
 	e->min_rtt_us = skops->rtt_min;
 	e->pad = 0;
-	read_stats(skops, c->flags & OH_CONN_FIN_IN, &e->total);
+	read_stats(skops, &e->total);
 	sub_stats(&e->delta, &e->total, &c->reported);
 	c->reported = e->total;
 	c->report_ns = now;
 	c->flags |= OH_CONN_REPORTED;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup());
 	count(OH_CNT_EVENTS_SENT);
 }
 
@@ -545,7 +585,7 @@ static __always_inline void connect_failed(struct bpf_sock_ops *skops, __u64 coo
 	sockops_endpoints(skops, &e->src, &e->dst);
 	if (orig)
 		e->orig = *orig;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup());
 	count(OH_CNT_EVENTS_SENT);
 }
 
@@ -593,18 +633,11 @@ int oh_sockops(struct bpf_sock_ops *skops)
 				c->state_ns = bpf_ktime_get_ns();
 				c->state = skops->args[1];
 				c->state_changes++; /* state callbacks of one socket are serialised */
-				if (skops->args[1] == BPF_TCP_CLOSE_WAIT || skops->args[1] == BPF_TCP_CLOSING)
-					c->flags |= OH_CONN_FIN_IN;
 			}
 			break;
 		}
 		if (c) {
 			if (c->flags & OH_CONN_TELEMETRY) {
-				struct tcp_sock *tp = tcp_sk(skops);
-
-				/* FIN_WAIT2 -> CLOSE without an error: the peer's FIN ended it (TIME_WAIT). */
-				if (skops->args[0] == BPF_TCP_FIN_WAIT2 && tp && ((struct sock *)tp)->sk_err == 0)
-					c->flags |= OH_CONN_FIN_IN;
 				c->state = BPF_TCP_CLOSE;
 				conn_event(skops, c, cookie, OH_EV_CLOSE, bpf_ktime_get_ns());
 			}

@@ -72,7 +72,6 @@ enum oh_direction {
 enum oh_conn_flag {
 	OH_CONN_TELEMETRY = 1, /* its netns had telemetry on when it was established: events are sent */
 	OH_CONN_REPORTED = 2,  /* an event of it reached oh_events: it was counted as opened */
-	OH_CONN_FIN_IN = 4,    /* the peer's FIN arrived: tcp_sock.bytes_received counts it as one byte */
 };
 
 /*

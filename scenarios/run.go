@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/onehop-mesh/onehop/bench"
@@ -166,7 +167,7 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 	case KindStartup:
 		err = r.runStartup(ctx, c, s, res)
 	default:
-		err = r.runPlan(ctx, c, s, res)
+		err = r.runMeasured(ctx, c, s, res)
 	}
 	if err != nil {
 		return nil, "", err
@@ -177,6 +178,34 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 		return nil, "", err
 	}
 	return res, path, nil
+}
+
+// runMeasured measures the planned latency runs with a Prometheus scraping the variants' node
+// agents throughout, and then records what their telemetry counted beside fortio's counts.
+func (r *Runner) runMeasured(ctx context.Context, c clusters.Cluster, s *Scenario, res *bench.Result) error {
+	ps, err := r.startPrometheus(ctx, c, s)
+	if err != nil {
+		return err
+	}
+	if ps != nil {
+		defer ps.Close()
+	}
+	if err := r.runPlan(ctx, c, s, res); err != nil {
+		return err
+	}
+	if ps == nil {
+		return nil
+	}
+	if res.Telemetry, err = telemetryView(ctx, ps, s, res); err != nil {
+		return err
+	}
+	for _, st := range res.Telemetry.Services {
+		if len(st.Disagreements) > 0 {
+			r.say("   telemetry of %s disagrees with fortio: %s", st.Service, strings.Join(st.Disagreements, "; "))
+		}
+	}
+	r.say("   telemetry of %d services read from Prometheus; agrees with fortio: %v", len(res.Telemetry.Services), res.Telemetry.Agree)
+	return nil
 }
 
 // runPlan measures every planned latency run.
@@ -265,7 +294,7 @@ func (r *Runner) measure(ctx context.Context, c clusters.Cluster, targets []cpu.
 		Repetition: p.rep, Target: url, StartedAt: time.Now().UTC(),
 	}
 	w := &cpuWindow{s: cpu.NewSampler(targets)}
-	fortio, err := d.Run(ctx, o, w)
+	out, err := d.Run(ctx, o, w)
 	run.EndedAt = time.Now().UTC()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -275,9 +304,16 @@ func (r *Runner) measure(ctx context.Context, c clusters.Cluster, targets []cpu.
 		run.Invalid, run.Fortio = []string{err.Error()}, json.RawMessage("null")
 		return run, nil
 	}
-	run.Fortio = fortio
-	if run.Latency, err = bench.Summarize(fortio); err != nil {
+	run.Fortio = out.Fortio
+	if run.Latency, err = bench.Summarize(out.Fortio); err != nil {
 		return run, err
+	}
+	if out.Warmup != nil {
+		wl, err := bench.Summarize(out.Warmup)
+		if err != nil {
+			return run, fmt.Errorf("warm-up: %w", err)
+		}
+		run.Warmup = &wl
 	}
 	run.CPU = w.usage
 	ok200 := run.Latency.Requests - run.Latency.Errors

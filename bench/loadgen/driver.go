@@ -24,12 +24,19 @@ type Driver struct {
 	Binary    string // the onehop executable, run as `onehop workload fortio-load`
 }
 
-// Run starts one load process in the client pod and returns fortio's full result. The window's
+// Outcome is what one load process reports: fortio's full result of the measured run, and of
+// the warm-up (its counts; nil without one).
+type Outcome struct {
+	Fortio json.RawMessage
+	Warmup json.RawMessage
+}
+
+// Run starts one load process in the client pod and returns fortio's results. The window's
 // Start and Stop are called as the measured run (after warm-up) begins and ends.
-func (d *Driver) Run(ctx context.Context, o Options, w Window) (json.RawMessage, error) {
+func (d *Driver) Run(ctx context.Context, o Options, w Window) (Outcome, error) {
 	opts, err := json.Marshal(o)
 	if err != nil {
-		return nil, err
+		return Outcome{}, err
 	}
 	pr, pw := io.Pipe()
 	proc, err := d.Cluster.Start(ctx, d.ClientPod, clusters.Command{
@@ -38,11 +45,11 @@ func (d *Driver) Run(ctx context.Context, o Options, w Window) (json.RawMessage,
 		Stdout: pw,
 	})
 	if err != nil {
-		return nil, err
+		return Outcome{}, err
 	}
 	type outcome struct {
-		result json.RawMessage
-		err    error
+		Outcome
+		err error
 	}
 	done := make(chan outcome, 1)
 	go func() {
@@ -59,8 +66,10 @@ func (d *Driver) Run(ctx context.Context, o Options, w Window) (json.RawMessage,
 				out.err = errors.Join(out.err, w.Start())
 			case "measure-end":
 				out.err = errors.Join(out.err, w.Stop())
+			case "warmup":
+				out.Warmup = e.Fortio
 			case "result":
-				out.result = e.Fortio
+				out.Fortio = e.Fortio
 			case "error":
 				out.err = errors.Join(out.err, errors.New(e.Error))
 			}
@@ -74,11 +83,11 @@ func (d *Driver) Run(ctx context.Context, o Options, w Window) (json.RawMessage,
 	if out.err == nil && werr != nil {
 		out.err = fmt.Errorf("%w; log %s:\n%s", werr, proc.LogPath, proc.LogTail(1500))
 	}
-	if out.err == nil && out.result == nil {
+	if out.err == nil && out.Fortio == nil {
 		out.err = errors.New("the load process ended without a result")
 	}
 	if out.err != nil {
-		return nil, fmt.Errorf("fortio load from pod %s to %s: %w", d.ClientPod, o.URL, out.err)
+		return Outcome{}, fmt.Errorf("fortio load from pod %s to %s: %w", d.ClientPod, o.URL, out.err)
 	}
-	return out.result, nil
+	return out.Outcome, nil
 }

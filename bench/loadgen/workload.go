@@ -50,7 +50,7 @@ type Options struct {
 
 // Event is one line the workload writes on stdout.
 type Event struct {
-	Event  string          `json:"event"` // measure-start, measure-end, result, error
+	Event  string          `json:"event"` // warmup (its result, without histograms), measure-start, measure-end, result, error
 	Fortio json.RawMessage `json:"fortio,omitempty"`
 	Error  string          `json:"error,omitempty"`
 }
@@ -71,10 +71,19 @@ func Load(o Options, out io.Writer) error {
 	if o.Warmup > 0 {
 		w := o
 		w.Duration = o.Warmup
-		if _, err := fhttp.RunHTTPTest(runnerOptions(w)); err != nil {
+		res, err := fhttp.RunHTTPTest(runnerOptions(w))
+		if err != nil {
 			emit(Event{Event: "error", Error: "warm-up: " + err.Error()})
 			return err
 		}
+		// Its counts only (connections, requests, bytes): what the data plane carried besides the
+		// measured run, for checks against the data plane's own telemetry.
+		res.DurationHistogram.Data, res.DurationHistogram.Percentiles = nil, nil
+		b, err := json.Marshal(res)
+		if err != nil {
+			return err
+		}
+		emit(Event{Event: "warmup", Fortio: b})
 	}
 	emit(Event{Event: "measure-start"})
 	res, err := fhttp.RunHTTPTest(runnerOptions(o))

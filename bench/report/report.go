@@ -96,6 +96,7 @@ func Render(r *bench.Result, outDir string) ([]string, error) {
 		writeSection(&b, s, title, base)
 	}
 	writeInvalid(&b, r.Runs)
+	writeTelemetry(&b, r.Telemetry)
 
 	md := filepath.Join(outDir, name+".md")
 	if err := os.WriteFile(md, []byte(b.String()), 0o644); err != nil {

@@ -3,6 +3,7 @@ package datapath
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -33,7 +34,7 @@ func runClient(spec string) int {
 	out := json.NewEncoder(os.Stdout)
 	stdin := bufio.NewScanner(os.Stdin)
 	if job.Bench {
-		return bench(target, stdin, out)
+		return bench(target, job.Request, stdin, out)
 	}
 	if job.Echo {
 		return echo(target, stdin, out, job.Graceful)
@@ -100,20 +101,11 @@ func echo(target netip.AddrPort, stdin *bufio.Scanner, out *json.Encoder, gracef
 			if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
 				r.Err = "shutdown: " + err.Error()
 			}
-		} else if _, err := unix.Write(fd, []byte(line)); err != nil {
-			r.Err = "write: " + err.Error()
 		} else {
 			buf := make([]byte, len(line))
-			for n := 0; n < len(buf) && r.Err == ""; {
-				m, err := unix.Read(fd, buf[n:])
-				switch {
-				case err == unix.EINTR:
-				case err != nil:
-					r.Err = "read: " + err.Error()
-				case m == 0:
-					r.Err = "read: EOF"
-				}
-				n += max(m, 0)
+			err := exchange(fd, []byte(line), buf)
+			if err != nil {
+				r.Err = err.Error()
 			}
 			r.Backend = string(buf)
 		}
@@ -148,8 +140,29 @@ func serve(target netip.AddrPort, out *json.Encoder) int {
 	}
 }
 
-// bench answers each line "N" on stdin with the time N connect()+close() took.
-func bench(target netip.AddrPort, stdin *bufio.Scanner, out *json.Encoder) int {
+// exchange writes req and reads len(resp) bytes back into resp (the echo of req).
+func exchange(fd int, req, resp []byte) error {
+	if _, err := unix.Write(fd, req); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	for n := 0; n < len(resp); {
+		m, err := unix.Read(fd, resp[n:])
+		switch {
+		case err == unix.EINTR:
+		case err != nil:
+			return fmt.Errorf("read: %w", err)
+		case m == 0:
+			return errors.New("read: EOF")
+		}
+		n += max(m, 0)
+	}
+	return nil
+}
+
+// bench answers each line "N" on stdin with the time N connect()+close() took; with request
+// above 0, each connection also sends that many bytes and reads their echo before its close.
+func bench(target netip.AddrPort, request int, stdin *bufio.Scanner, out *json.Encoder) int {
+	req, resp := []byte(strings.Repeat("x", request)), make([]byte, request)
 	for stdin.Scan() {
 		n, err := strconv.Atoi(strings.TrimSpace(stdin.Text()))
 		if err != nil {
@@ -162,6 +175,13 @@ func bench(target netip.AddrPort, stdin *bufio.Scanner, out *json.Encoder) int {
 			if fd < 0 {
 				r.Err = dr.Err
 				break
+			}
+			if request > 0 {
+				if err := exchange(fd, req, resp); err != nil {
+					r.Err = err.Error()
+					closeReset(fd)
+					break
+				}
 			}
 			closeReset(fd)
 		}

@@ -147,6 +147,9 @@ func Load(opts Options) (*Datapath, error) {
 	if err := spec.Variables[bpf.OnehopVarOhReportPeriodNs].Set(uint64(opts.ReportPeriod)); err != nil {
 		return nil, fmt.Errorf("load onehop datapath: report period: %w", err)
 	}
+	if err := spec.Variables[bpf.OnehopVarOhEventsWakeupBytes].Set(uint64(opts.EventBytes / 4)); err != nil {
+		return nil, fmt.Errorf("load onehop datapath: event wakeup: %w", err)
+	}
 	names, err := counterNames(spec)
 	if err != nil {
 		return nil, fmt.Errorf("load onehop datapath: %w", err)

@@ -104,11 +104,19 @@ func (e *Event) Age() time.Duration {
 // EventReader reads telemetry events from oh_events. oh_events is pinned with the other maps:
 // events the kernel sends while no agent runs wait there for the next one (up to its size), and
 // each event is read by one agent only.
+//
+// The kernel wakes the reader only when a quarter of oh_events is full (a wakeup per event would
+// cost a context switch per connection); otherwise Read looks every PollInterval, so an event
+// is read at most that late.
 type EventReader struct {
-	rd     *ringbuf.Reader
-	offset time.Duration // wall clock minus CLOCK_MONOTONIC
-	rec    ringbuf.Record
+	rd       *ringbuf.Reader
+	offset   time.Duration // wall clock minus CLOCK_MONOTONIC
+	rec      ringbuf.Record
+	deadline time.Time
 }
+
+// PollInterval is how often a waiting Read looks for events the kernel sent without a wakeup.
+const PollInterval = 100 * time.Millisecond
 
 // Events opens a reader of oh_events. Only one should read at a time.
 func (d *Datapath) Events() (*EventReader, error) {
@@ -132,11 +140,25 @@ var ErrClosed = os.ErrClosed
 // Read blocks until an event arrives (or the reader is closed: ErrClosed). A deadline set
 // with SetDeadline makes it return os.ErrDeadlineExceeded.
 func (r *EventReader) Read() (Event, error) {
-	if err := r.rd.ReadInto(&r.rec); err != nil {
+	for {
+		poll := time.Now().Add(PollInterval)
+		if !r.deadline.IsZero() && r.deadline.Before(poll) {
+			poll = r.deadline
+		}
+		r.rd.SetDeadline(poll)
+		err := r.rd.ReadInto(&r.rec)
+		if err == nil {
+			break
+		}
 		if errors.Is(err, ringbuf.ErrClosed) {
 			return Event{}, ErrClosed
 		}
-		return Event{}, err
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return Event{}, err
+		}
+		if !r.deadline.IsZero() && !time.Now().Before(r.deadline) {
+			return Event{}, err
+		}
 	}
 	var raw bpf.OnehopOhEvent
 	if len(r.rec.RawSample) < int(unsafe.Sizeof(raw)) {
@@ -146,8 +168,9 @@ func (r *EventReader) Read() (Event, error) {
 	return r.decode(&raw), nil
 }
 
-// SetDeadline makes Read return os.ErrDeadlineExceeded at t when no event arrived.
-func (r *EventReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+// SetDeadline makes Read return os.ErrDeadlineExceeded at t when no event arrived; the zero
+// time: no deadline.
+func (r *EventReader) SetDeadline(t time.Time) { r.deadline = t }
 
 // Close stops the reader; a blocked Read returns ErrClosed.
 func (r *EventReader) Close() error { return r.rd.Close() }

@@ -271,6 +271,7 @@ type clientJob struct {
 	Duration time.Duration `json:"duration"` // stop after this long (0: after Count)
 	Hold     bool          `json:"hold"`     // keep each connection open until a line on stdin
 	Bench    bool          `json:"bench"`    // per line "N" on stdin: N connect+close, report time
+	Request  int           `json:"request"`  // bench: each connection sends this many bytes and reads their echo
 	Until    bool          `json:"until"`    // connect until stdin closes
 	Pause    time.Duration `json:"pause"`    // between connections
 	Echo     bool          `json:"echo"`     // one connection; per line on stdin: send, read the echo

@@ -85,6 +85,9 @@ func withReason(l prometheus.Labels, reason string) prometheus.Labels {
 	return out
 }
 
+// connValues are the values of connLabels, in their order.
+type connValues [9]string
+
 // longConns exports each connection older than Options.LongConnection as series of its own,
 // from its latest event (a periodic report every period while it carries traffic); they go
 // when it closes. Only long ones: labels per connection on every connection would be unbounded.
@@ -108,17 +111,27 @@ func (l *longConns) Describe(ch chan<- *prometheus.Desc) {
 func (l *longConns) Collect(ch chan<- prometheus.Metric) {
 	l.t.mu.Lock()
 	defer l.t.mu.Unlock()
+	// Two connections with the same labels (one whose close event was lost, not pruned yet, and
+	// a new one on the same addresses) would be one series twice, which fails the whole scrape:
+	// the one reported last is exported.
+	latest := map[connValues]*datapath.Event{}
 	for _, c := range l.t.conns {
 		if !c.long {
 			continue
 		}
 		e := &c.last
-		vals := []string{c.labels["reporter"], addr(e.Src), addr(e.Dst), addr(e.VIP),
+		vals := connValues{c.labels["reporter"], addr(e.Src), addr(e.Dst), addr(e.VIP),
 			c.labels["source_workload"], c.labels["source_workload_namespace"],
 			c.labels["destination_workload"], c.labels["destination_workload_namespace"], c.labels["destination_service"]}
 		if e.Direction == datapath.DirectionInbound { // the peer is the source
 			vals[1], vals[2] = addr(e.Dst), addr(e.Src)
 		}
+		if prev, ok := latest[vals]; !ok || e.Time.After(prev.Time) {
+			latest[vals] = e
+		}
+	}
+	for key, e := range latest {
+		vals := key[:]
 		ch <- prometheus.MustNewConstMetric(connSent, prometheus.CounterValue, float64(e.Total.BytesSent), vals...)
 		ch <- prometheus.MustNewConstMetric(connReceived, prometheus.CounterValue, float64(e.Total.BytesReceived), vals...)
 		ch <- prometheus.MustNewConstMetric(connRetrans, prometheus.CounterValue, float64(e.Total.Retrans), vals...)

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,6 +75,27 @@ func (o *Onehop) Labels() map[string]string { return map[string]string{Dataplane
 func AgentSocket(h clusters.NodeHost, node string) string {
 	return filepath.Join(h.RuntimeDir(), "agent-"+node+".sock")
 }
+
+// agentMetricsPort is where the lab's agents serve /metrics, in their node's namespace.
+const agentMetricsPort = 15020
+
+// MetricsTargets are the agents' /metrics addresses, one per node.
+func (o *Onehop) MetricsTargets(c clusters.Cluster) []string {
+	h, ok := c.(clusters.NodeHost)
+	if !ok {
+		return nil
+	}
+	var out []string
+	for _, node := range c.Spec().NodeNames() {
+		if ips := h.NodeAddresses(node); len(ips) > 0 {
+			out = append(out, netip.AddrPortFrom(ips[0], agentMetricsPort).String())
+		}
+	}
+	return out
+}
+
+// TelemetryOn: onehop's pods take the agents' default, telemetry on.
+func (o *Onehop) TelemetryOn() bool { return true }
 
 // AgentAccessLog is where a node's agent writes the access log of the pods enrolled with one.
 func AgentAccessLog(h clusters.NodeHost, node string) string {
@@ -146,7 +168,7 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 		sock := AgentSocket(h, node)
 		os.Remove(sock)
 		o.argv[node] = []string{bin, "--node-id", node, "--xds-address", cpAddr, "--cgroup", h.NodeCgroup(node),
-			"--bpffs", h.NodeBPFDir(node), "--admin-socket", sock, "--metrics-address", ":15020",
+			"--bpffs", h.NodeBPFDir(node), "--admin-socket", sock, "--metrics-address", fmt.Sprintf(":%d", agentMetricsPort),
 			"--access-log", AgentAccessLog(h, node)}
 		if ips := h.NodeAddresses(node); len(ips) > 0 {
 			o.argv[node] = append(o.argv[node], "--node-ip", ips[0].String())

@@ -45,3 +45,8 @@ func (v *OnehopTelemetry) Install(ctx context.Context, c clusters.Cluster) error
 func (v *OnehopTelemetry) Uninstall(ctx context.Context, c clusters.Cluster) error {
 	return v.base.Uninstall(ctx, c)
 }
+
+func (v *OnehopTelemetry) MetricsTargets(c clusters.Cluster) []string {
+	return v.base.MetricsTargets(c)
+}
+func (v *OnehopTelemetry) TelemetryOn() bool { return v.mode != "off" }

@@ -42,6 +42,15 @@ type Onboarder interface {
 	RemovePod(ctx context.Context, c clusters.Cluster, pod clusters.Pod) error
 }
 
+// MetricsSource is a variant whose node agents serve Prometheus metrics, with connection
+// telemetry for the pods enrolled with it.
+type MetricsSource interface {
+	// MetricsTargets are the agents' metrics addresses (host:port), reachable from any node.
+	MetricsTargets(c clusters.Cluster) []string
+	// TelemetryOn says whether the variant's pods are enrolled with connection telemetry.
+	TelemetryOn() bool
+}
+
 // RestartEvent is one restart as the scenario records it.
 type RestartEvent = bench.RestartEvent
 
