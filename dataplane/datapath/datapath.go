@@ -14,6 +14,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
@@ -207,6 +208,9 @@ func internalMap(name string) bool { return strings.HasPrefix(name, ".") }
 // loadError says what the kernel lacks, if a feature probe finds something missing, or else
 // what the verifier said.
 func loadError(err error) error {
+	if errors.Is(err, btf.ErrNotFound) {
+		return fmt.Errorf("load onehop datapath: the kernel has no BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y), which connection telemetry needs to read tcp_sock fields: %w", err)
+	}
 	var missing []string
 	for _, p := range []struct {
 		what  string

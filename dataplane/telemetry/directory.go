@@ -198,7 +198,9 @@ func (p *Pods) learn(netns uint64, ip netip.Addr) {
 		return
 	}
 	p.mu.Lock()
-	p.byIP[ip] = netns
+	if _, still := p.byNetns[netns]; still { // not forgotten meanwhile
+		p.byIP[ip] = netns
+	}
 	p.mu.Unlock()
 }
 

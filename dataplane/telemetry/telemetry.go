@@ -35,8 +35,55 @@ type Telemetry struct {
 	opts Options
 	m    *metrics
 
-	mu    sync.Mutex
-	conns map[uint64]*conn // live connections seen, by socket cookie
+	mu     sync.Mutex
+	conns  map[uint64]*conn // live connections seen, by socket cookie
+	labels map[labelKey]labelEntry
+}
+
+// labelKey is what a connection's labels follow from: its pod, its side, and the peer and
+// service. Connections alike share their resolved labels and series: looking a series up by 23
+// labels costs more than everything else an event does.
+type labelKey struct {
+	netns uint64
+	dir   datapath.Direction
+	peer  netip.AddrPort // outbound: the endpoint; inbound: the peer's address (port 0)
+	vip   netip.AddrPort // outbound
+	local netip.AddrPort // inbound: the pod's own endpoint
+}
+
+type labelEntry struct {
+	labels  prometheus.Labels
+	c       *children
+	expires time.Time
+}
+
+// labelTTL: resolved labels are resolved again after this long, so that a pod enrolled or a
+// service changed meanwhile shows; labelCacheMax bounds the cache.
+const (
+	labelTTL      = 10 * time.Second
+	labelCacheMax = 4096
+)
+
+// series returns the labels and series of e's connection, resolved at most once per labelTTL.
+// Called with t.mu held.
+func (t *Telemetry) series(e *datapath.Event) (prometheus.Labels, *children) {
+	k := labelKey{netns: e.Netns, dir: e.Direction}
+	if e.Direction == datapath.DirectionInbound {
+		k.peer, k.local = netip.AddrPortFrom(e.Dst.Addr(), 0), e.Src
+	} else {
+		k.peer, k.vip = e.Dst, e.VIP
+	}
+	now := time.Now()
+	if le, ok := t.labels[k]; ok && now.Before(le.expires) {
+		return le.labels, le.c
+	}
+	if len(t.labels) >= labelCacheMax {
+		clear(t.labels)
+	}
+	labels := t.resolve(e)
+	le := labelEntry{labels: labels, c: t.m.children(labels), expires: now.Add(labelTTL)}
+	t.labels[k] = le
+	return le.labels, le.c
 }
 
 // conn is what Telemetry keeps of a live connection: its label children (resolved once) and,
@@ -59,7 +106,7 @@ func New(opts Options) (*Telemetry, error) {
 	if opts.Directory == nil {
 		opts.Directory = Directories{}
 	}
-	t := &Telemetry{opts: opts, conns: map[uint64]*conn{}}
+	t := &Telemetry{opts: opts, conns: map[uint64]*conn{}, labels: map[labelKey]labelEntry{}}
 	m, err := newMetrics(opts.Registerer, t)
 	if err != nil {
 		return nil, err
@@ -79,8 +126,10 @@ func (t *Telemetry) Run(ctx context.Context, rd *datapath.EventReader) error {
 		}
 		if err != nil {
 			t.m.readErrors.Inc()
-			if ctx.Err() != nil {
+			select { // not a spin: a ring buffer that keeps failing is read again a moment later
+			case <-ctx.Done():
 				return nil
+			case <-time.After(100 * time.Millisecond):
 			}
 			continue
 		}
@@ -101,8 +150,8 @@ func (t *Telemetry) Handle(e *datapath.Event) {
 	t.mu.Lock()
 	c := t.conns[e.Cookie]
 	if c == nil {
-		labels := t.resolve(e)
-		c = &conn{labels: labels, c: t.m.children(labels)}
+		c = &conn{}
+		c.labels, c.c = t.series(e)
 		t.conns[e.Cookie] = c
 	}
 	c.last = *e

@@ -795,3 +795,21 @@ func TestHandleConcurrently(t *testing.T) {
 		t.Errorf("%d live connections after every close", n)
 	}
 }
+
+// BenchmarkHandleShortConnection: the agent's work for one connection opened and closed (two
+// events), with a new client port each time, as fortio without keep-alive makes them.
+func BenchmarkHandleShortConnection(b *testing.B) {
+	f := newFixture(&testing.T{}, Options{})
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		open := outbound(datapath.EventOpen, uint64(i), 0)
+		open.Src = netip.AddrPortFrom(clientAP.Addr(), uint16(i))
+		open.First = true
+		open.Delta = stats(1100, 1200, 0, 0)
+		f.tel.Handle(&open)
+		cl := open
+		cl.Type, cl.First, cl.Time = datapath.EventClose, false, t0.Add(time.Millisecond)
+		cl.SRTT = 50 * time.Microsecond
+		f.tel.Handle(&cl)
+	}
+}
