@@ -352,6 +352,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	defer tel.close()
 	srv := &agent.Server{Enroller: dp.Enrollment, Ready: follow.Ready, Healthy: func() error { return nil }, Registry: reg, Log: log,
 		Status: func() any { return dp.Programmer.Programmed() }, Config: status, Services: list,
 		Defaults:  datapath.NetnsOptions{Telemetry: cfg.telemetry.on, AccessLog: cfg.telemetry.accessLog != ""},

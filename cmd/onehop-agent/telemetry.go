@@ -25,6 +25,14 @@ type agentTelemetry struct {
 	mu        sync.Mutex
 	accessLog map[uint64]bool // netns cookie -> its enrollment asked for the access log
 	dp        *datapath.Datapath
+	closeLog  func() error // writes out the buffered access log; nil without one
+}
+
+// close writes out what the access log buffered.
+func (a *agentTelemetry) close() {
+	if a.closeLog != nil {
+		a.closeLog()
+	}
 }
 
 // startTelemetry starts reading oh_events (even with --telemetry off: pods may be enrolled
@@ -42,7 +50,9 @@ func startTelemetry(ctx context.Context, cfg telemetryConfig, dp *datapath.Datap
 			}
 			w = f // closed with the process
 		}
-		accessLog = slog.New(slog.NewJSONHandler(w, nil))
+		lw := telemetry.NewLogWriter(w, time.Second)
+		a.closeLog = lw.Close
+		accessLog = slog.New(slog.NewJSONHandler(lw, nil))
 	}
 	t, err := telemetry.New(telemetry.Options{Registerer: reg, Pods: pods, Directory: dir, AccessLog: accessLog,
 		AccessLogOn: a.accessLogOn, LongConnection: cfg.long})

@@ -813,3 +813,45 @@ func BenchmarkHandleShortConnection(b *testing.B) {
 		f.tel.Handle(&cl)
 	}
 }
+
+// The access log's writer holds lines until its interval passes or it is closed.
+func TestLogWriterFlushesEveryInterval(t *testing.T) {
+	var mu sync.Mutex
+	var out bytes.Buffer
+	w := NewLogWriter(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return out.Write(p)
+	}), 50*time.Millisecond)
+	w.Write([]byte("one\n"))
+	mu.Lock()
+	early := out.String()
+	mu.Unlock()
+	if early != "" {
+		t.Errorf("written at once: %q", early)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		mu.Lock()
+		got := out.String()
+		mu.Unlock()
+		if got == "one\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not written within 2s: %q", got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	w.Write([]byte("two\n"))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "one\ntwo\n" {
+		t.Errorf("after Close: %q", out.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
