@@ -279,7 +279,6 @@ func (t *Telemetry) log(e *datapath.Event, labels prometheus.Labels) {
 		slog.String("dst_workload", labels["destination_workload"]),
 		slog.String("dst_namespace", labels["destination_workload_namespace"]),
 		slog.String("state", e.State.String()),
-		slog.Time("event_time", e.Time),
 	}
 	if e.Type == datapath.EventConnectFailed {
 		attrs = append(attrs, slog.String("error", e.Err.Error()), slog.String("reason", failReason(e)))
@@ -295,7 +294,10 @@ func (t *Telemetry) log(e *datapath.Event, labels prometheus.Labels) {
 			slog.Float64("min_rtt_ms", ms(e.MinRTT)),
 			slog.Uint64("cookie", e.Cookie))
 	}
-	t.opts.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "connection", attrs...)
+	// The line's time is the event's (when the kernel saw it), not when it was read.
+	rec := slog.NewRecord(e.Time, slog.LevelInfo, "connection", 0)
+	rec.AddAttrs(attrs...)
+	t.opts.AccessLog.Handler().Handle(context.Background(), rec)
 }
 
 func addr(a netip.AddrPort) string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -855,3 +856,18 @@ func TestLogWriterFlushesEveryInterval(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// BenchmarkHandleShortConnectionLogged is BenchmarkHandleShortConnection with the access log on.
+func BenchmarkHandleShortConnectionLogged(b *testing.B) {
+	f := newFixture(&testing.T{}, Options{AccessLog: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		open := outbound(datapath.EventOpen, uint64(i), 0)
+		open.Src = netip.AddrPortFrom(clientAP.Addr(), uint16(i))
+		open.First = true
+		f.tel.Handle(&open)
+		cl := open
+		cl.Type, cl.First, cl.Time = datapath.EventClose, false, t0.Add(time.Millisecond)
+		f.tel.Handle(&cl)
+	}
+}
