@@ -288,23 +288,33 @@ static __always_inline __u64 wakeup(void)
 	return bpf_ringbuf_query(&oh_events, BPF_RB_AVAIL_DATA) >= oh_events_wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
-/* Reports a connect refused because the service has no endpoints (telemetry on). */
-static __always_inline void refused_event(struct bpf_sock_addr *ctx, const struct oh_svc_key *key)
+/* A zeroed connect_failed event of an outbound socket, or NULL (counted) if oh_events is full. */
+static __always_inline struct oh_event *failed_event(__u64 cookie, __u64 netns)
 {
 	struct oh_event *e = bpf_ringbuf_reserve(&oh_events, sizeof(*e), 0);
 
 	if (!e) {
 		count(OH_CNT_EVENTS_LOST);
-		return;
+		return NULL;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->type = OH_EV_CONNECT_FAILED;
 	e->direction = OH_DIR_OUTBOUND;
+	e->cookie = cookie;
+	e->netns = netns;
+	e->time_ns = bpf_ktime_get_ns();
+	return e;
+}
+
+/* Reports a connect refused because the service has no endpoints (telemetry on). */
+static __always_inline void refused_event(struct bpf_sock_addr *ctx, const struct oh_svc_key *key)
+{
+	struct oh_event *e = failed_event(bpf_get_socket_cookie(ctx), bpf_get_netns_cookie(ctx));
+
+	if (!e)
+		return;
 	e->flags = OH_EV_NO_ENDPOINTS;
 	e->err = ECONNREFUSED;
-	e->cookie = bpf_get_socket_cookie(ctx);
-	e->netns = bpf_get_netns_cookie(ctx);
-	e->time_ns = bpf_ktime_get_ns();
 	__builtin_memcpy(e->orig.addr, key->addr, sizeof(e->orig.addr));
 	e->orig.port = key->port;
 	bpf_ringbuf_submit(e, wakeup());
@@ -567,21 +577,12 @@ static __always_inline void connect_failed(struct bpf_sock_ops *skops, __u64 coo
 {
 	struct tcp_sock *tp = tcp_sk(skops);
 	struct oh_endpoint *orig = bpf_map_lookup_elem(&oh_origdst, &cookie);
-	struct oh_event *e;
+	struct oh_event *e = failed_event(cookie, netns);
 
-	e = bpf_ringbuf_reserve(&oh_events, sizeof(*e), 0);
-	if (!e) {
-		count(OH_CNT_EVENTS_LOST);
+	if (!e)
 		return;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->type = OH_EV_CONNECT_FAILED;
-	e->direction = OH_DIR_OUTBOUND;
 	e->state = BPF_TCP_CLOSE;
 	e->err = tp ? ((struct sock *)tp)->sk_err : 0;
-	e->cookie = cookie;
-	e->netns = netns;
-	e->time_ns = bpf_ktime_get_ns();
 	sockops_endpoints(skops, &e->src, &e->dst);
 	if (orig)
 		e->orig = *orig;

@@ -109,6 +109,15 @@ func (l *lab) server(addr string) netip.AddrPort {
 	return netip.MustParseAddrPort(r.Local)
 }
 
+// echoService starts an echo server child (l.server) on 127.0.0.9 and programs it as the one
+// endpoint of service vip.
+func (l *lab) echoService(vip string) netip.AddrPort {
+	l.t.Helper()
+	srv := l.server("127.0.0.9")
+	l.apply(service(vip, model.Random, []backend{{name: "srv", addr: srv}}))
+	return srv
+}
+
 // echoOver runs one echo connection to target sending a line of each size, closed gracefully.
 func (l *lab) echoOver(target string, sizes ...int) {
 	l.t.Helper()
@@ -134,9 +143,8 @@ func (l *lab) echoOver(target string, sizes ...int) {
 // to the close's totals, and each side is counted opened once.
 func TestTelemetryCountsBytesExactlyOnBothSides(t *testing.T) {
 	l, rd := telemetryLab(t, testOptions)
-	srv := l.server("127.0.0.9")
 	const vip = "10.96.50.1:80"
-	l.apply(service(vip, model.Random, []backend{{name: "srv", addr: srv}}))
+	srv := l.echoService(vip)
 	sizes := []int{1, 1000, 60000, 7}
 	l.echoOver(vip, sizes...)
 	want := uint64(0)
@@ -220,9 +228,8 @@ func TestTelemetryReportsLongConnectionsPeriodically(t *testing.T) {
 	opts := testOptions
 	opts.ReportPeriod = period
 	l, rd := telemetryLab(t, opts)
-	srv := l.server("127.0.0.9")
 	const vip = "10.96.50.4:80"
-	l.apply(service(vip, model.Random, []backend{{name: "srv", addr: srv}}))
+	l.echoService(vip)
 	c := l.start(clientJob{Target: vip, Echo: true, Graceful: true})
 	c.next(t)
 	start := time.Now()
@@ -272,8 +279,8 @@ func TestTelemetryOffSendsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rd.Close()
-	srv := l.server("127.0.0.9")
 	const vip = "10.96.50.5:80"
+	srv := l.server("127.0.0.9")
 	l.apply(service(vip, model.Random, []backend{{name: "srv", addr: srv}}), service("10.96.50.6:80", model.Random))
 	l.echoOver(vip, 100)
 	l.connects(clientJob{Target: "10.96.50.6:80", Count: 1})
@@ -292,9 +299,8 @@ func TestTelemetryCountsRetransmitsAndLoss(t *testing.T) {
 	if _, err := exec.LookPath("iptables"); err != nil {
 		t.Fatalf("iptables: %v (make deps installs it)", err)
 	}
-	srv := l.server("127.0.0.9")
 	const vip = "10.96.50.7:80"
-	l.apply(service(vip, model.Random, []backend{{name: "srv", addr: srv}}))
+	srv := l.echoService(vip)
 	// Only data segments to the server's port: the handshake and the close get through.
 	rule := []string{"INPUT", "-p", "tcp", "--dport", fmt.Sprint(srv.Port()), "-m", "length", "--length", "1000:65535",
 		"-m", "statistic", "--mode", "nth", "--every", "7", "--packet", "0", "-j", "DROP"}
@@ -342,9 +348,8 @@ func TestTelemetryCountsLostEventsAndCarriesOver(t *testing.T) {
 	opts := testOptions
 	opts.EventBytes = os.Getpagesize() // about 20 events
 	l, rd := telemetryLab(t, opts)
-	srv := l.server("127.0.0.9")
 	const vip = "10.96.50.8:80"
-	l.apply(service(vip, model.Random, []backend{{name: "srv", addr: srv}}))
+	l.echoService(vip)
 	// A long connection whose open event arrives; then a burst that fills the buffer.
 	c := l.start(clientJob{Target: vip, Echo: true, Graceful: true})
 	c.next(t)
@@ -389,9 +394,8 @@ func TestTelemetryCountsLostEventsAndCarriesOver(t *testing.T) {
 func TestTelemetryAcrossRestart(t *testing.T) {
 	l := newPinnedLab(t, testOptions)
 	rd := l.telemetryOn()
-	srv := l.server("127.0.0.9")
 	const vip = "10.96.50.9:80"
-	l.apply(service(vip, model.Random, []backend{{name: "srv", addr: srv}}))
+	l.echoService(vip)
 	c := l.start(clientJob{Target: vip, Echo: true, Graceful: true})
 	c.next(t)
 	fmt.Fprintln(c.stdin, strings.Repeat("a", 1234))
