@@ -35,15 +35,15 @@ func echoServer(t *testing.T, closeEvery int64) string {
 	return "http://" + l.Addr().String() + "/echo"
 }
 
-// load runs Load and returns the events in order and the run's summary.
-func load(t *testing.T, o Options) ([]string, bench.Latency) {
+// load runs Load and returns its event names and the summaries of the measured run and the warm-up.
+func load(t *testing.T, o Options) ([]string, bench.Latency, bench.Latency) {
 	t.Helper()
 	var out bytes.Buffer
 	if err := Load(o, &out); err != nil {
 		t.Fatal(err)
 	}
 	var events []string
-	var lat bench.Latency
+	var lat, warm bench.Latency
 	sc := bufio.NewScanner(&out)
 	sc.Buffer(nil, 64<<20)
 	for sc.Scan() {
@@ -52,14 +52,18 @@ func load(t *testing.T, o Options) ([]string, bench.Latency) {
 			t.Fatalf("bad event line %q: %v", sc.Text(), err)
 		}
 		events = append(events, e.Event)
-		if e.Event == "result" {
-			var err error
-			if lat, err = bench.Summarize(e.Fortio); err != nil {
-				t.Fatal(err)
-			}
+		var err error
+		switch e.Event {
+		case "result":
+			lat, err = bench.Summarize(e.Fortio)
+		case "warmup":
+			warm, err = bench.Summarize(e.Fortio)
+		}
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
-	return events, lat
+	return events, lat, warm
 }
 
 func baseOptions(url string) Options {
@@ -68,9 +72,14 @@ func baseOptions(url string) Options {
 }
 
 func TestLoadMarksWindowAndKeepsFortioResult(t *testing.T) {
-	events, lat := load(t, baseOptions(echoServer(t, 0)))
-	if want := "measure-start measure-end result"; strings.Join(events, " ") != want {
+	events, lat, warm := load(t, baseOptions(echoServer(t, 0)))
+	if want := "warmup measure-start measure-end result"; strings.Join(events, " ") != want {
 		t.Fatalf("events %q, want %q", strings.Join(events, " "), want)
+	}
+	// The warm-up's counts (40 requests at 200 QPS over 200 ms, on its own 2 sockets), without
+	// its histogram.
+	if warm.Requests < 30 || warm.Sockets != 2 || warm.RespBytes <= 0 || len(warm.Percentiles) != 0 {
+		t.Errorf("warm-up summary %+v", warm)
 	}
 	run := bench.Run{Mode: "fixed-qps", RequestedQPS: 200, Duration: 700 * time.Millisecond, Connections: 2, KeepAlive: true, Latency: lat}
 	run.Check(bench.Limits{MinQPSRatio: 0.9})
@@ -86,7 +95,7 @@ func TestLoadMarksWindowAndKeepsFortioResult(t *testing.T) {
 // fortio reconnects a keep-alive socket the server closed without reporting an error: only the
 // socket count shows it, and the run must be flagged.
 func TestBrokenKeepAliveConnectionIsFlagged(t *testing.T) {
-	_, lat := load(t, baseOptions(echoServer(t, 20)))
+	_, lat, _ := load(t, baseOptions(echoServer(t, 20)))
 	run := bench.Run{Mode: "fixed-qps", RequestedQPS: 200, Duration: 700 * time.Millisecond, Connections: 2, KeepAlive: true, Latency: lat}
 	run.Check(bench.Limits{MinQPSRatio: 0.9})
 	if lat.Errors != 0 {
@@ -102,7 +111,7 @@ func TestUnreachableQPSIsFlagged(t *testing.T) {
 	url := echoServer(t, 0)
 	o := baseOptions(url)
 	o.QPS, o.Connections = 200000, 1
-	_, lat := load(t, o)
+	_, lat, _ := load(t, o)
 	run := bench.Run{Mode: "fixed-qps", RequestedQPS: o.QPS, Duration: o.Duration, Connections: 1, KeepAlive: true, Latency: lat}
 	run.Check(bench.Limits{MinQPSRatio: 0.95})
 	if run.Valid {
