@@ -35,9 +35,10 @@ type Telemetry struct {
 	opts Options
 	m    *metrics
 
-	mu     sync.Mutex
-	conns  map[uint64]*conn // live connections seen, by socket cookie
-	labels map[labelKey]labelEntry
+	mu      sync.Mutex
+	conns   map[uint64]*conn            // live connections seen, by socket cookie
+	dialled map[[2]netip.AddrPort]uint64 // live outbound connections to a VIP, by {src, dst}
+	labels  map[labelKey]labelEntry
 }
 
 // labelKey is what a connection's labels follow from: its pod, its side, and the peer and
@@ -70,6 +71,11 @@ func (t *Telemetry) series(e *datapath.Event) (prometheus.Labels, *children) {
 	k := labelKey{netns: e.Netns, dir: e.Direction}
 	if e.Direction == datapath.DirectionInbound {
 		k.peer, k.local = netip.AddrPortFrom(e.Dst.Addr(), 0), e.Src
+		// A client on this node: the VIP it dialled names the service (an endpoint may serve
+		// several). Its open event comes first: it is sent before the handshake's last ACK.
+		if cookie, ok := t.dialled[[2]netip.AddrPort{e.Dst, e.Src}]; ok {
+			k.vip = t.conns[cookie].last.VIP
+		}
 	} else {
 		k.peer, k.vip = e.Dst, e.VIP
 	}
@@ -80,7 +86,7 @@ func (t *Telemetry) series(e *datapath.Event) (prometheus.Labels, *children) {
 	if len(t.labels) >= labelCacheMax {
 		clear(t.labels)
 	}
-	labels := t.resolve(e)
+	labels := t.resolve(e, k.vip)
 	le := labelEntry{labels: labels, c: t.m.children(labels), expires: now.Add(labelTTL)}
 	t.labels[k] = le
 	return le.labels, le.c
@@ -106,7 +112,7 @@ func New(opts Options) (*Telemetry, error) {
 	if opts.Directory == nil {
 		opts.Directory = Directories{}
 	}
-	t := &Telemetry{opts: opts, conns: map[uint64]*conn{}, labels: map[labelKey]labelEntry{}}
+	t := &Telemetry{opts: opts, conns: map[uint64]*conn{}, dialled: map[[2]netip.AddrPort]uint64{}, labels: map[labelKey]labelEntry{}}
 	m, err := newMetrics(opts.Registerer, t)
 	if err != nil {
 		return nil, err
@@ -141,7 +147,7 @@ func (t *Telemetry) Run(ctx context.Context, rd *datapath.EventReader) error {
 func (t *Telemetry) Handle(e *datapath.Event) {
 	t.m.events.WithLabelValues(e.Type.String()).Inc()
 	if e.Type == datapath.EventConnectFailed {
-		labels := t.resolve(e)
+		labels := t.resolve(e, netip.AddrPort{})
 		t.m.failed.With(withReason(labels, failReason(e))).Inc()
 		t.log(e, labels)
 		return
@@ -150,14 +156,17 @@ func (t *Telemetry) Handle(e *datapath.Event) {
 	t.mu.Lock()
 	c := t.conns[e.Cookie]
 	if c == nil {
-		c = &conn{}
+		c = &conn{last: *e}
 		c.labels, c.c = t.series(e)
 		t.conns[e.Cookie] = c
+		if e.Direction == datapath.DirectionOutbound && e.VIP.IsValid() {
+			t.dialled[[2]netip.AddrPort{e.Src, e.Dst}] = e.Cookie
+		}
 	}
 	c.last = *e
 	c.long = e.Age() >= t.opts.LongConnection
 	if e.Type == datapath.EventClose {
-		delete(t.conns, e.Cookie)
+		t.forget(e.Cookie)
 	}
 	t.mu.Unlock()
 
@@ -195,8 +204,9 @@ func failReason(e *datapath.Event) string {
 }
 
 // resolve labels an event's connection as Istio would: reporter "source" for the client side
-// (an outbound socket of a local pod), "destination" for the server side.
-func (t *Telemetry) resolve(e *datapath.Event) prometheus.Labels {
+// (an outbound socket of a local pod), "destination" for the server side, whose service is the
+// one dialled if known (a client on this node), else one its endpoint serves.
+func (t *Telemetry) resolve(e *datapath.Event, dialled netip.AddrPort) prometheus.Labels {
 	local, _ := t.opts.Pods.Local(e.Netns)
 	peer, _ := t.opts.Directory.Workload(e.Dst.Addr())
 	var (
@@ -208,7 +218,12 @@ func (t *Telemetry) resolve(e *datapath.Event) prometheus.Labels {
 	if e.Direction == datapath.DirectionInbound {
 		src, dst = peer, local
 		reporter, policy = "destination", "none" // plaintext: Istio says none without mTLS
-		svc, haveSvc = t.opts.Directory.ServiceOf(e.Src)
+		if dialled.IsValid() {
+			svc, haveSvc = t.opts.Directory.Service(dialled)
+		}
+		if !haveSvc {
+			svc, haveSvc = t.opts.Directory.ServiceOf(e.Src)
+		}
 	} else if e.VIP.IsValid() {
 		svc, haveSvc = t.opts.Directory.Service(e.VIP)
 	} else {
@@ -309,6 +324,17 @@ func addr(a netip.AddrPort) string {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+// forget drops a connection. Called with t.mu held.
+func (t *Telemetry) forget(cookie uint64) {
+	if c, ok := t.conns[cookie]; ok {
+		k := [2]netip.AddrPort{c.last.Src, c.last.Dst}
+		if t.dialled[k] == cookie {
+			delete(t.dialled, k)
+		}
+		delete(t.conns, cookie)
+	}
+}
+
 // Live is how many live connections Telemetry keeps.
 func (t *Telemetry) Live() int {
 	t.mu.Lock()
@@ -324,7 +350,7 @@ func (t *Telemetry) Prune(alive func(cookie uint64) bool) int {
 	n := 0
 	for cookie := range t.conns {
 		if !alive(cookie) {
-			delete(t.conns, cookie)
+			t.forget(cookie)
 			n++
 		}
 	}

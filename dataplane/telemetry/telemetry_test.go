@@ -871,3 +871,26 @@ func BenchmarkHandleShortConnectionLogged(b *testing.B) {
 		f.tel.Handle(&cl)
 	}
 }
+
+// The server side of a connection whose client is on this node takes the service the client
+// dialled, not just any service its endpoint serves.
+func TestInboundTakesTheServiceDialled(t *testing.T) {
+	f := newFixture(t, Options{})
+	cfg := webConfig()
+	other := netip.MustParseAddrPort("10.96.0.11:80")
+	cfg.Services[key(other)] = model.Service{Key: key(other), Name: "outbound|80||aaa.ns.svc.cluster.local",
+		Priorities: [][]model.Endpoint{{{Addr: serverAP, Weight: 1}}}}
+	f.prog.Set(cfg)
+	for _, ev := range []datapath.Event{outbound(datapath.EventOpen, 1, 0), inbound(datapath.EventOpen, 2, 0)} {
+		ev.First = true
+		f.tel.Handle(&ev)
+	}
+	all := gather(t, f.reg)
+	one(t, all, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination", "destination_service_name": "web"})
+	// Without a client here, any service of the endpoint (the first by name) is all it can say.
+	ev := inbound(datapath.EventOpen, 3, 0)
+	ev.Dst = netip.MustParseAddrPort("10.0.9.9:40000")
+	ev.First = true
+	f.tel.Handle(&ev)
+	one(t, gather(t, f.reg), "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination", "destination_service_name": "aaa"})
+}
