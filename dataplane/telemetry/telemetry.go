@@ -36,7 +36,7 @@ type Telemetry struct {
 	m    *metrics
 
 	mu      sync.Mutex
-	conns   map[uint64]*conn            // live connections seen, by socket cookie
+	conns   map[uint64]*conn             // live connections seen, by socket cookie
 	dialled map[[2]netip.AddrPort]uint64 // live outbound connections to a VIP, by {src, dst}
 	labels  map[labelKey]labelEntry
 }
