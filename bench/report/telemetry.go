@@ -72,6 +72,17 @@ func pairedRatios(r *bench.Result, a, b string, keepAlive bool) []float64 {
 	return out
 }
 
+// hostCPU lists a variant's host CPU per 1000 requests over its valid runs of one keep-alive mode.
+func hostCPU(r *bench.Result, variant string, keepAlive bool) []float64 {
+	var out []float64
+	for _, run := range r.Runs {
+		if run.Variant == variant && run.KeepAlive == keepAlive && run.Valid {
+			out = append(out, run.CPUPer1k.HostBusyMS)
+		}
+	}
+	return out
+}
+
 // telemetryCost is claim C7's measurement: whole-host CPU with telemetry on over off, the
 // median of the paired per-repetition ratios with its 95% bootstrap interval, keep-alive and a
 // new connection per request. The verdict is read from the intervals, against 5% fixed here:
@@ -98,7 +109,11 @@ func telemetryCost(rs map[string]*bench.Result) (string, string) {
 		allCI = allCI && e.CI.Hi <= limit
 		allMedian = allMedian && e.Median <= limit
 		anyAbove = anyAbove || e.CI.Lo > limit
-		part := fmt.Sprintf("%s: metrics on/off %s (%d paired runs)", modeLabel(ka), e, e.N)
+		part := fmt.Sprintf("%s: metrics on/off %s (%d paired runs", modeLabel(ka), e, e.N)
+		if _, p, err := stats.MannWhitney(hostCPU(r, "onehop", ka), hostCPU(r, "onehop-telemetry-off", ka)); err == nil {
+			part += fmt.Sprintf(", Mann-Whitney p = %.2g", p)
+		}
+		part += ")"
 		if logged := pairedRatios(r, "onehop-access-log", "onehop-telemetry-off", ka); len(logged) >= 2 {
 			if le, err := stats.MedianCI(logged, 0.95); err == nil {
 				part += fmt.Sprintf(", with access log %s", le)
