@@ -64,16 +64,21 @@ func BenchmarkApplyOneEndpointChange(b *testing.B) {
 	}
 }
 
+// tenBackends starts backends on 127.0.0.2 to 127.0.0.11.
+func (l *lab) tenBackends() []backend {
+	var addrs []string
+	for i := range 10 {
+		addrs = append(addrs, fmt.Sprintf("127.0.0.%d", i+2))
+	}
+	return l.backends(addrs...)
+}
+
 // BenchmarkConnectVIP: connect()+close() from a child in the attached cgroup, through a VIP of
 // 10 loopback endpoints, with only that service in the maps or among 100,000 endpoints
 // (10,000 services); "direct" connects to an endpoint without a VIP (the programs still run).
 func BenchmarkConnectVIP(b *testing.B) {
 	l := newLab(b, benchOptions)
-	var addrs []string
-	for i := range 10 {
-		addrs = append(addrs, fmt.Sprintf("127.0.0.%d", i+2))
-	}
-	bs := l.backends(addrs...)
+	bs := l.tenBackends()
 	vip := service("10.96.200.1:80", model.Random, bs)
 	for _, bc := range []struct {
 		name     string
@@ -110,11 +115,7 @@ func BenchmarkConnectVIP(b *testing.B) {
 // ratio (on/off), and the events telemetry sent per connection.
 func BenchmarkConnectTelemetry(b *testing.B) {
 	l := newLab(b, benchOptions)
-	var addrs []string
-	for i := range 10 {
-		addrs = append(addrs, fmt.Sprintf("127.0.0.%d", i+2))
-	}
-	bs := l.backends(addrs...)
+	bs := l.tenBackends()
 	echo := l.server("127.0.0.20")
 	rd, err := l.dp.Events()
 	if err != nil {
