@@ -239,25 +239,22 @@ static __always_inline int balance(const struct oh_svc_key *key, struct oh_endpo
 	return OH_NOT_OURS;
 }
 
-/*
- * Fails the connect() with ECONNREFUSED, as kube-proxy's REJECT rule answers for a service
- * without endpoints: the caller learns at once, and nothing reaches endpoints that are gone.
- * bpf_set_retval (Linux 5.18+) chooses the errno; a program returning 0 alone gives EPERM.
- */
-static __always_inline int refuse(void)
+/* The VIP:port of a service key. */
+static __always_inline struct oh_endpoint vip_of(const struct oh_svc_key *key)
 {
-	bpf_set_retval(-ECONNREFUSED);
-	return 0;
+	struct oh_endpoint vip = {};
+
+	__builtin_memcpy(vip.addr, key->addr, sizeof(vip.addr));
+	vip.port = key->port;
+	return vip;
 }
 
 /* Remembers the VIP a socket connected to; getpeername shows it instead of the backend. */
 static __always_inline void remember(void *ctx, const struct oh_svc_key *key)
 {
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct oh_endpoint orig = {};
+	struct oh_endpoint orig = vip_of(key);
 
-	__builtin_memcpy(orig.addr, key->addr, sizeof(orig.addr));
-	orig.port = key->port;
 	bpf_map_update_elem(&oh_origdst, &cookie, &orig, BPF_ANY);
 }
 
@@ -280,7 +277,7 @@ static __always_inline __u8 ours(struct bpf_sock_addr *ctx)
 
 /*
  * Events are submitted without waking the agent until oh_events holds oh_events_wakeup_bytes:
- * the agent reads on its own every few hundred milliseconds anyway, and a wakeup per event would
+ * the agent reads on its own every 100 ms anyway, and a wakeup per event would
  * cost a context switch per connection.
  */
 static __always_inline __u64 wakeup(void)
@@ -315,10 +312,23 @@ static __always_inline void refused_event(struct bpf_sock_addr *ctx, const struc
 		return;
 	e->flags = OH_EV_NO_ENDPOINTS;
 	e->err = ECONNREFUSED;
-	__builtin_memcpy(e->orig.addr, key->addr, sizeof(e->orig.addr));
-	e->orig.port = key->port;
+	e->orig = vip_of(key);
 	bpf_ringbuf_submit(e, wakeup());
 	count(OH_CNT_EVENTS_SENT);
+}
+
+/*
+ * Fails the connect() with ECONNREFUSED, as kube-proxy's REJECT rule answers for a service
+ * without endpoints: the caller learns at once, and nothing reaches endpoints that are gone. With
+ * telemetry on for the netns, an event says so. bpf_set_retval (Linux 5.18+) chooses the errno;
+ * a program returning 0 alone gives EPERM.
+ */
+static __always_inline int refuse(struct bpf_sock_addr *ctx, __u8 flags, const struct oh_svc_key *key)
+{
+	if (flags & OH_NETNS_TELEMETRY)
+		refused_event(ctx, key);
+	bpf_set_retval(-ECONNREFUSED);
+	return 0;
 }
 
 SEC("cgroup/connect4")
@@ -326,7 +336,6 @@ int oh_connect4(struct bpf_sock_addr *ctx)
 {
 	struct oh_svc_key key = {};
 	struct oh_endpoint be;
-
 	__u8 flags = ours(ctx);
 
 	if (!flags)
@@ -338,9 +347,7 @@ int oh_connect4(struct bpf_sock_addr *ctx)
 	case OH_BALANCED:
 		break;
 	case OH_EMPTY:
-		if (flags & OH_NETNS_TELEMETRY)
-			refused_event(ctx, &key);
-		return refuse();
+		return refuse(ctx, flags, &key);
 	default:
 		return 1;
 	}
@@ -375,9 +382,7 @@ int oh_connect6(struct bpf_sock_addr *ctx)
 	case OH_BALANCED:
 		break;
 	case OH_EMPTY:
-		if (flags & OH_NETNS_TELEMETRY)
-			refused_event(ctx, &key);
-		return refuse();
+		return refuse(ctx, flags, &key);
 	default:
 		return 1;
 	}
