@@ -107,11 +107,6 @@ func parseFlags(args []string) (config, error) {
 	fs.BoolVar(&c.delta, "delta", delta, "use incremental (Delta) xDS instead of State-of-the-World [ONEHOP_XDS_DELTA]")
 	fs.DurationVar(&c.fetchTimeout, "initial-fetch-timeout", xds.DefaultInitialFetchTimeout,
 		"envoy mode: how long an endpoint assignment or route configuration the config names may take to arrive before it is taken as empty [ONEHOP_INITIAL_FETCH_TIMEOUT]")
-	if v, ok := os.LookupEnv("ONEHOP_INITIAL_FETCH_TIMEOUT"); ok {
-		if err := fs.Set("initial-fetch-timeout", v); err != nil {
-			return c, fmt.Errorf("ONEHOP_INITIAL_FETCH_TIMEOUT: %w", err)
-		}
-	}
 	tel, _ := strconv.ParseBool(envOr("true", "ONEHOP_TELEMETRY"))
 	fs.BoolVar(&c.telemetry.on, "telemetry", tel,
 		"report connections (Istio's istio_tcp_* metrics and onehop_tcp_*, from the kernel) of pods whose enrollment does not say otherwise; off costs nothing per connection [ONEHOP_TELEMETRY]")
@@ -122,10 +117,12 @@ func parseFlags(args []string) (config, error) {
 	evBuf := fs.String("event-buffer", envOr("2MiB", "ONEHOP_EVENT_BUFFER"), "size of the kernel's ring buffer of connection events (a power of two) [ONEHOP_EVENT_BUFFER]")
 	fs.StringVar(&c.telemetry.stateFile, "state-file", envOr("", "ONEHOP_STATE_FILE"),
 		"where enrollments (netns, options, pod metadata) are kept across restarts; default: --admin-socket with .enrolled.json for its extension [ONEHOP_STATE_FILE]")
-	for flagName, env := range map[string]string{"telemetry-period": "ONEHOP_TELEMETRY_PERIOD", "long-connection": "ONEHOP_LONG_CONNECTION"} {
-		if v, ok := os.LookupEnv(env); ok {
-			if err := fs.Set(flagName, v); err != nil {
-				return c, fmt.Errorf("%s: %w", env, err)
+	// Duration flags take their variable through fs.Set, which parses it as the flag would.
+	for _, d := range [][2]string{{"initial-fetch-timeout", "ONEHOP_INITIAL_FETCH_TIMEOUT"},
+		{"telemetry-period", "ONEHOP_TELEMETRY_PERIOD"}, {"long-connection", "ONEHOP_LONG_CONNECTION"}} {
+		if v, ok := os.LookupEnv(d[1]); ok {
+			if err := fs.Set(d[0], v); err != nil {
+				return c, fmt.Errorf("%s: %w", d[1], err)
 			}
 		}
 	}
@@ -141,8 +138,8 @@ func parseFlags(args []string) (config, error) {
 	if c.telemetry.eventBuffer, err = parseBytes(*evBuf); err != nil {
 		return c, fmt.Errorf("--event-buffer: %w", err)
 	}
-	if n := c.telemetry.eventBuffer; n < 4096 || n&(n-1) != 0 || n > 1<<30 {
-		return c, fmt.Errorf("--event-buffer %s: must be a power of two from 4KiB to 1GiB", *evBuf)
+	if err := datapath.CheckEventBytes(int(c.telemetry.eventBuffer)); err != nil {
+		return c, fmt.Errorf("--event-buffer %s: %w", *evBuf, err)
 	}
 	if c.telemetry.period <= 0 || c.telemetry.long <= 0 {
 		return c, errors.New("--telemetry-period and --long-connection must be positive")

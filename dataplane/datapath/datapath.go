@@ -64,6 +64,18 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// MaxEventBytes is the largest oh_events Load makes.
+const MaxEventBytes = 1 << 30
+
+// CheckEventBytes says whether n bytes can size oh_events (Options.EventBytes): a power of two,
+// from a page to MaxEventBytes.
+func CheckEventBytes(n int) error {
+	if n < os.Getpagesize() || n > MaxEventBytes || n&(n-1) != 0 {
+		return fmt.Errorf("telemetry ring buffer of %d bytes: must be a power of two from %d bytes to 1 GiB", n, os.Getpagesize())
+	}
+	return nil
+}
+
 // Datapath is the loaded programs and maps, and the cgroups they are attached to.
 type Datapath struct {
 	Enrollment *Enrollment
@@ -134,7 +146,7 @@ func Load(opts Options) (*Datapath, error) {
 		{maps.OhServices, opts.MaxServices}, {maps.OhRr, opts.MaxServices},
 		{maps.OhSlots, opts.MaxSlots},
 		{maps.OhConns, opts.MaxConns}, {maps.OhOrigdst, opts.MaxConns},
-		{maps.OhEnrolled, opts.MaxNetns}, {maps.OhEvents, opts.EventBytes},
+		{maps.OhEnrolled, opts.MaxNetns},
 	} {
 		if s.n > 1<<24 {
 			return nil, fmt.Errorf("load onehop datapath: %s: %d entries is more than the supported %d", s.m.Name, s.n, 1<<24)
@@ -142,9 +154,11 @@ func Load(opts Options) (*Datapath, error) {
 		s.m.MaxEntries = uint32(s.n)
 		sized[s.m.Name] = true
 	}
-	if n := opts.EventBytes; n < os.Getpagesize() || n&(n-1) != 0 {
-		return nil, fmt.Errorf("load onehop datapath: telemetry ring buffer of %d bytes: must be a power of two of at least %d", n, os.Getpagesize())
+	if err := CheckEventBytes(opts.EventBytes); err != nil {
+		return nil, fmt.Errorf("load onehop datapath: %w", err)
 	}
+	maps.OhEvents.MaxEntries = uint32(opts.EventBytes) // a ring buffer's size is in bytes
+	sized[maps.OhEvents.Name] = true
 	if err := spec.Variables[bpf.OnehopVarOhReportPeriodNs].Set(uint64(opts.ReportPeriod)); err != nil {
 		return nil, fmt.Errorf("load onehop datapath: report period: %w", err)
 	}
