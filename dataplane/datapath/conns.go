@@ -46,7 +46,8 @@ func (s TCPState) String() string {
 	return fmt.Sprintf("state(%d)", uint32(s))
 }
 
-// Conns lists the connections in oh_conns, with the VIP from oh_origdst when there is one.
+// Conns lists the connections in oh_conns, with the VIP they were balanced from: recorded in
+// the connection, or for a record migrated from an older layout, from oh_origdst.
 func (d *Datapath) Conns() ([]Conn, error) {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
@@ -72,7 +73,12 @@ func (d *Datapath) Conns() ([]Conn, error) {
 			StateSince:   now.Add(-time.Duration(mono - c.StateNs)),
 			StateChanges: c.StateChanges,
 		}
-		switch err := d.objs.OhOrigdst.Lookup(cookie, &orig); {
+		if c.Orig != (bpf.OnehopOhEndpoint{}) {
+			conn.VIP = addrPort(c.Orig) // recorded at established since layout 4
+			out = append(out, conn)
+			continue
+		}
+		switch err := d.objs.OhOrigdst.Lookup(cookie, &orig); { // a record of an older layout
 		case err == nil:
 			conn.VIP = addrPort(orig)
 		case !errors.Is(err, ebpf.ErrKeyNotExist):

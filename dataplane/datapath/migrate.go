@@ -67,7 +67,7 @@ var connsV3 = mapChange{
 var added = mapChange{added: true}
 
 type mapChange struct {
-	added      bool   // not in the old layout: created empty
+	added      bool   // not in the old layout (no pin to open): created empty
 	valueSize  uint32 // in the old layout; 0: unchanged
 	maxEntries uint32 // in the old layout, for a map whose size is the layout's (not Options'); 0: unchanged
 	copier     func() copier
@@ -161,9 +161,6 @@ func (d *Datapath) migrate(spec *ebpf.CollectionSpec, sized map[string]bool, fro
 		}
 		oldSpec := ms.Copy()
 		c, changed := changes[name]
-		if c.added {
-			continue
-		}
 		if changed && c.valueSize != 0 {
 			oldSpec.ValueSize, oldSpec.Value = c.valueSize, nil
 		}
