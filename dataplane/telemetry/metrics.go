@@ -116,10 +116,10 @@ func (l *longConns) Collect(ch chan<- prometheus.Metric) {
 	// the one reported last is exported.
 	latest := map[connValues]*datapath.Event{}
 	for _, c := range l.t.conns {
-		if !c.long {
+		e := &c.last
+		if e.Age() < l.t.opts.LongConnection {
 			continue
 		}
-		e := &c.last
 		vals := connValues{c.labels["reporter"], addr(e.Src), addr(e.Dst), addr(e.VIP),
 			c.labels["source_workload"], c.labels["source_workload_namespace"],
 			c.labels["destination_workload"], c.labels["destination_workload_namespace"], c.labels["destination_service"]}

@@ -92,13 +92,12 @@ func (t *Telemetry) series(e *datapath.Event) (prometheus.Labels, *children) {
 	return le.labels, le.c
 }
 
-// conn is what Telemetry keeps of a live connection: its label children (resolved once) and,
-// once it is long, its latest counters.
+// conn is what Telemetry keeps of a live connection: its label children (resolved once) and
+// its latest event (the counters of a long connection's own series).
 type conn struct {
 	labels prometheus.Labels
 	c      *children
 	last   datapath.Event
-	long   bool
 }
 
 // New creates a Telemetry and registers its metrics.
@@ -156,7 +155,7 @@ func (t *Telemetry) Handle(e *datapath.Event) {
 	t.mu.Lock()
 	c := t.conns[e.Cookie]
 	if c == nil {
-		c = &conn{last: *e}
+		c = &conn{}
 		c.labels, c.c = t.series(e)
 		t.conns[e.Cookie] = c
 		if e.Direction == datapath.DirectionOutbound && e.VIP.IsValid() {
@@ -164,7 +163,6 @@ func (t *Telemetry) Handle(e *datapath.Event) {
 		}
 	}
 	c.last = *e
-	c.long = e.Age() >= t.opts.LongConnection
 	if e.Type == datapath.EventClose {
 		t.forget(e.Cookie)
 	}
