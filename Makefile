@@ -9,7 +9,7 @@ DEPS  := ip:iproute2 iptables-restore:iptables ip6tables-restore:iptables sysctl
          clang:clang llvm-strip:llvm bpftool:bpftool /usr/include/bpf/bpf_helpers.h:libbpf-dev \
          curl:curl haproxy:haproxy prometheus:prometheus
 
-.PHONY: all deps build generate doctor test test-istiod lint bench-all bench-latency bench-scale bench-datapath report
+.PHONY: all deps build generate doctor test test-istiod lint bench-all bench-quick bench-latency bench-scale bench-datapath gate report
 
 all: build
 
@@ -60,8 +60,20 @@ test-istiod: doctor
 bench-all: doctor
 	$(BIN) bench-all
 
+# A first look in under 10 minutes: every scenario, 3 repetitions of 1 s; reports/quick/ is
+# marked quick and is not committed.
+bench-quick: doctor
+	$(BIN) bench-all --quick --results results/quick --out reports/quick
+
+# The latency gate: the agent built at GATE_BASE (default: the revision in .ci/gate-base, the
+# last landed one) against the working tree, side by side; exit 1 on a regression.
+GATE_BASE ?= $(shell cat .ci/gate-base 2>/dev/null)
+gate: doctor
+	@if [ -z "$(GATE_BASE)" ]; then echo "no base revision: set GATE_BASE=<rev> or write one in .ci/gate-base" >&2; exit 1; fi
+	$(BIN) gate --base $(GATE_BASE)
+
 bench-latency: doctor
-	$(BIN) run scenarios/latency-vs-connections.yaml
+	$(BIN) run scenarios/mesh-latency-vs-connections.yaml
 	$(BIN) report
 
 # Agent at scale: 10,000 services x 10 endpoints pushed over xDS to a real onehop-agent.

@@ -136,6 +136,12 @@ const volatile enum oh_direction oh_direction_btf __attribute__((unused));
 const volatile __u64 oh_report_period_ns = 5000000000ULL;
 /* Wake the agent's reader when oh_events holds this much; the agent sets it before loading. */
 const volatile __u64 oh_events_wakeup_bytes = 1 << 19;
+/*
+ * Extra lookups on every balanced connect(): 0 in every real build. A build with the tag
+ * onehop_planted_regression sets it, so that `onehop gate` can show it catches a slower connect
+ * path (the verifier prunes the loop when it is 0).
+ */
+const volatile __u32 oh_planted_connect_lookups = 0;
 
 static __always_inline void count(enum oh_counter c)
 {
@@ -331,6 +337,22 @@ static __always_inline int refuse(struct bpf_sock_addr *ctx, __u8 flags, const s
 	return 0;
 }
 
+static long planted_lookup(__u64 i, void *ctx)
+{
+	struct oh_svc_key key = {};
+
+	key.port = (__u16)i;
+	bpf_map_lookup_elem(&oh_services, &key);
+	return 0;
+}
+
+/* The planted regression's work: real map lookups, as the connect path's own. */
+static __always_inline void planted_work(void)
+{
+	if (oh_planted_connect_lookups)
+		bpf_loop(oh_planted_connect_lookups, planted_lookup, NULL, 0);
+}
+
 SEC("cgroup/connect4")
 int oh_connect4(struct bpf_sock_addr *ctx)
 {
@@ -356,6 +378,7 @@ int oh_connect4(struct bpf_sock_addr *ctx)
 		return 1;
 	}
 	remember(ctx, &key);
+	planted_work();
 	ctx->user_ip4 = ((__u32 *)be.addr)[3];
 	ctx->user_port = be.port;
 	count(OH_CNT_CONNECT_BALANCED);
@@ -388,6 +411,7 @@ int oh_connect6(struct bpf_sock_addr *ctx)
 	}
 	/* A v4-mapped VIP is a v4 service, whose backends are v4: written v4-mapped, as needed. */
 	remember(ctx, &key);
+	planted_work();
 	w = (__u32 *)be.addr;
 	ctx->user_ip6[0] = w[0];
 	ctx->user_ip6[1] = w[1];

@@ -191,29 +191,30 @@ type OnehopOhSvcKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	OnehopMapOhConns             = "oh_conns"
-	OnehopMapOhCounters          = "oh_counters"
-	OnehopMapOhEnrolled          = "oh_enrolled"
-	OnehopMapOhEvents            = "oh_events"
-	OnehopMapOhOrigdst           = "oh_origdst"
-	OnehopMapOhRr                = "oh_rr"
-	OnehopMapOhServices          = "oh_services"
-	OnehopMapOhSlots             = "oh_slots"
-	OnehopProgOhConnect4         = "oh_connect4"
-	OnehopProgOhConnect6         = "oh_connect6"
-	OnehopProgOhGetpeername4     = "oh_getpeername4"
-	OnehopProgOhGetpeername6     = "oh_getpeername6"
-	OnehopProgOhSockops          = "oh_sockops"
-	OnehopVarOhConnFlagBtf       = "oh_conn_flag_btf"
-	OnehopVarOhCounterBtf        = "oh_counter_btf"
-	OnehopVarOhDirectionBtf      = "oh_direction_btf"
-	OnehopVarOhEventBtf          = "oh_event_btf"
-	OnehopVarOhEventFlagBtf      = "oh_event_flag_btf"
-	OnehopVarOhEventTypeBtf      = "oh_event_type_btf"
-	OnehopVarOhEventsWakeupBytes = "oh_events_wakeup_bytes"
-	OnehopVarOhNetnsFlagBtf      = "oh_netns_flag_btf"
-	OnehopVarOhPolicyBtf         = "oh_policy_btf"
-	OnehopVarOhReportPeriodNs    = "oh_report_period_ns"
+	OnehopMapOhConns                 = "oh_conns"
+	OnehopMapOhCounters              = "oh_counters"
+	OnehopMapOhEnrolled              = "oh_enrolled"
+	OnehopMapOhEvents                = "oh_events"
+	OnehopMapOhOrigdst               = "oh_origdst"
+	OnehopMapOhRr                    = "oh_rr"
+	OnehopMapOhServices              = "oh_services"
+	OnehopMapOhSlots                 = "oh_slots"
+	OnehopProgOhConnect4             = "oh_connect4"
+	OnehopProgOhConnect6             = "oh_connect6"
+	OnehopProgOhGetpeername4         = "oh_getpeername4"
+	OnehopProgOhGetpeername6         = "oh_getpeername6"
+	OnehopProgOhSockops              = "oh_sockops"
+	OnehopVarOhConnFlagBtf           = "oh_conn_flag_btf"
+	OnehopVarOhCounterBtf            = "oh_counter_btf"
+	OnehopVarOhDirectionBtf          = "oh_direction_btf"
+	OnehopVarOhEventBtf              = "oh_event_btf"
+	OnehopVarOhEventFlagBtf          = "oh_event_flag_btf"
+	OnehopVarOhEventTypeBtf          = "oh_event_type_btf"
+	OnehopVarOhEventsWakeupBytes     = "oh_events_wakeup_bytes"
+	OnehopVarOhNetnsFlagBtf          = "oh_netns_flag_btf"
+	OnehopVarOhPlantedConnectLookups = "oh_planted_connect_lookups"
+	OnehopVarOhPolicyBtf             = "oh_policy_btf"
+	OnehopVarOhReportPeriodNs        = "oh_report_period_ns"
 )
 
 // LoadOnehop returns the embedded CollectionSpec for Onehop.
@@ -283,16 +284,17 @@ type OnehopMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type OnehopVariableSpecs struct {
-	OhConnFlagBtf       *ebpf.VariableSpec `ebpf:"oh_conn_flag_btf"`
-	OhCounterBtf        *ebpf.VariableSpec `ebpf:"oh_counter_btf"`
-	OhDirectionBtf      *ebpf.VariableSpec `ebpf:"oh_direction_btf"`
-	OhEventBtf          *ebpf.VariableSpec `ebpf:"oh_event_btf"`
-	OhEventFlagBtf      *ebpf.VariableSpec `ebpf:"oh_event_flag_btf"`
-	OhEventTypeBtf      *ebpf.VariableSpec `ebpf:"oh_event_type_btf"`
-	OhEventsWakeupBytes *ebpf.VariableSpec `ebpf:"oh_events_wakeup_bytes"`
-	OhNetnsFlagBtf      *ebpf.VariableSpec `ebpf:"oh_netns_flag_btf"`
-	OhPolicyBtf         *ebpf.VariableSpec `ebpf:"oh_policy_btf"`
-	OhReportPeriodNs    *ebpf.VariableSpec `ebpf:"oh_report_period_ns"`
+	OhConnFlagBtf           *ebpf.VariableSpec `ebpf:"oh_conn_flag_btf"`
+	OhCounterBtf            *ebpf.VariableSpec `ebpf:"oh_counter_btf"`
+	OhDirectionBtf          *ebpf.VariableSpec `ebpf:"oh_direction_btf"`
+	OhEventBtf              *ebpf.VariableSpec `ebpf:"oh_event_btf"`
+	OhEventFlagBtf          *ebpf.VariableSpec `ebpf:"oh_event_flag_btf"`
+	OhEventTypeBtf          *ebpf.VariableSpec `ebpf:"oh_event_type_btf"`
+	OhEventsWakeupBytes     *ebpf.VariableSpec `ebpf:"oh_events_wakeup_bytes"`
+	OhNetnsFlagBtf          *ebpf.VariableSpec `ebpf:"oh_netns_flag_btf"`
+	OhPlantedConnectLookups *ebpf.VariableSpec `ebpf:"oh_planted_connect_lookups"`
+	OhPolicyBtf             *ebpf.VariableSpec `ebpf:"oh_policy_btf"`
+	OhReportPeriodNs        *ebpf.VariableSpec `ebpf:"oh_report_period_ns"`
 }
 
 // OnehopObjects contains all objects after they have been loaded into the kernel.
@@ -342,16 +344,17 @@ func (m *OnehopMaps) Close() error {
 //
 // It can be passed to LoadOnehopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type OnehopVariables struct {
-	OhConnFlagBtf       *ebpf.Variable `ebpf:"oh_conn_flag_btf"`
-	OhCounterBtf        *ebpf.Variable `ebpf:"oh_counter_btf"`
-	OhDirectionBtf      *ebpf.Variable `ebpf:"oh_direction_btf"`
-	OhEventBtf          *ebpf.Variable `ebpf:"oh_event_btf"`
-	OhEventFlagBtf      *ebpf.Variable `ebpf:"oh_event_flag_btf"`
-	OhEventTypeBtf      *ebpf.Variable `ebpf:"oh_event_type_btf"`
-	OhEventsWakeupBytes *ebpf.Variable `ebpf:"oh_events_wakeup_bytes"`
-	OhNetnsFlagBtf      *ebpf.Variable `ebpf:"oh_netns_flag_btf"`
-	OhPolicyBtf         *ebpf.Variable `ebpf:"oh_policy_btf"`
-	OhReportPeriodNs    *ebpf.Variable `ebpf:"oh_report_period_ns"`
+	OhConnFlagBtf           *ebpf.Variable `ebpf:"oh_conn_flag_btf"`
+	OhCounterBtf            *ebpf.Variable `ebpf:"oh_counter_btf"`
+	OhDirectionBtf          *ebpf.Variable `ebpf:"oh_direction_btf"`
+	OhEventBtf              *ebpf.Variable `ebpf:"oh_event_btf"`
+	OhEventFlagBtf          *ebpf.Variable `ebpf:"oh_event_flag_btf"`
+	OhEventTypeBtf          *ebpf.Variable `ebpf:"oh_event_type_btf"`
+	OhEventsWakeupBytes     *ebpf.Variable `ebpf:"oh_events_wakeup_bytes"`
+	OhNetnsFlagBtf          *ebpf.Variable `ebpf:"oh_netns_flag_btf"`
+	OhPlantedConnectLookups *ebpf.Variable `ebpf:"oh_planted_connect_lookups"`
+	OhPolicyBtf             *ebpf.Variable `ebpf:"oh_policy_btf"`
+	OhReportPeriodNs        *ebpf.Variable `ebpf:"oh_report_period_ns"`
 }
 
 // OnehopPrograms contains all programs after they have been loaded into the kernel.

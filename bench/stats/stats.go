@@ -61,6 +61,9 @@ func MedianCI(xs []float64, level float64) (Estimate, error) {
 	if level <= 0 || level >= 1 {
 		return Estimate{}, fmt.Errorf("confidence level %v: want between 0 and 1", level)
 	}
+	// Sorted first: the same values in any order give the same resamples.
+	xs = slices.Clone(xs)
+	slices.Sort(xs)
 	rng := rand.New(rand.NewPCG(uint64(len(xs)), 0x6f6e65686f70)) // fixed seed, see above
 	meds := make([]float64, Resamples)
 	sample := make([]float64, len(xs))
@@ -167,4 +170,75 @@ func MannWhitney(a, b []float64) (u, p float64, err error) {
 	}
 	p = math.Erfc(z / math.Sqrt2) // two-sided: 2 * (1 - Phi(z))
 	return u, math.Min(p, 1), nil
+}
+
+// SignedRankGreater is the one-sided p-value of the Wilcoxon signed-rank test that paired
+// differences d (head − base of the same repetition) tend to be positive. Pairing cancels the
+// drift between repetitions that an unpaired test counts as noise. Zero differences are
+// dropped (Wilcoxon's convention). Exact when the |d| are distinct, which is the rule for
+// latencies; with ties, the normal approximation with the tie correction.
+func SignedRankGreater(d []float64) (p float64, err error) {
+	var nz []float64
+	for _, x := range d {
+		if x != 0 {
+			nz = append(nz, x)
+		}
+	}
+	n := len(nz)
+	if n == 0 {
+		return 1, nil // no pair differs: no evidence
+	}
+	slices.SortFunc(nz, func(a, b float64) int { return cmpFloat(math.Abs(a), math.Abs(b)) })
+	var wPlus, ties float64
+	tied := false
+	for i := 0; i < n; {
+		j := i
+		for j < n && math.Abs(nz[j]) == math.Abs(nz[i]) {
+			j++
+		}
+		rank := float64(i+j+1) / 2
+		for k := i; k < j; k++ {
+			if nz[k] > 0 {
+				wPlus += rank
+			}
+		}
+		t := float64(j - i)
+		ties += t*t*t - t
+		tied = tied || j-i > 1
+		i = j
+	}
+	if !tied && n <= 50 {
+		// counts[s]: how many of the 2^n sign patterns give W+ = s (ranks 1..n).
+		maxSum := n * (n + 1) / 2
+		counts := make([]float64, maxSum+1)
+		counts[0] = 1
+		for r := 1; r <= n; r++ {
+			for s := maxSum; s >= r; s-- {
+				counts[s] += counts[s-r]
+			}
+		}
+		var tail float64
+		for s := int(wPlus); s <= maxSum; s++ {
+			tail += counts[s]
+		}
+		return tail / math.Pow(2, float64(n)), nil
+	}
+	fn := float64(n)
+	mean := fn * (fn + 1) / 4
+	variance := fn*(fn+1)*(2*fn+1)/24 - ties/48
+	if variance <= 0 {
+		return 1, nil
+	}
+	z := (wPlus - mean - 0.5) / math.Sqrt(variance)
+	return 0.5 * math.Erfc(z/math.Sqrt2), nil
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }

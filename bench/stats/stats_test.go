@@ -123,3 +123,27 @@ func TestMannWhitney(t *testing.T) {
 		t.Error("empty sample: no error")
 	}
 }
+
+func TestSignedRankGreater(t *testing.T) {
+	// All ten differences positive: the exact one-sided p is 1/1024.
+	pos := []float64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	if p, err := SignedRankGreater(pos); err != nil || math.Abs(p-1.0/1024) > 1e-12 {
+		t.Errorf("all positive: p = %v (%v), want 1/1024", p, err)
+	}
+	// W+ = 10+9+8 = 27: 552 of the 1024 sign patterns reach 27 or more (counted by brute force).
+	mixed := []float64{-1, -2, -3, -4, -5, -6, -7, 8, 9, 10}
+	if p, _ := SignedRankGreater(mixed); math.Abs(p-552.0/1024) > 1e-12 {
+		t.Errorf("mixed: p = %v, want 552/1024", p)
+	}
+	neg := []float64{-1, -2, -3, -4, -5, -6, -7, -8, -9, -10}
+	if p, _ := SignedRankGreater(neg); p != 1 {
+		t.Errorf("all negative: p = %v, want 1", p)
+	}
+	if p, _ := SignedRankGreater([]float64{0, 0}); p != 1 {
+		t.Errorf("no differences: p = %v, want 1", p)
+	}
+	// Ties: the normal approximation, still small for ten positive differences.
+	if p, _ := SignedRankGreater([]float64{1, 1, 2, 2, 3, 3, 4, 4, 5, 5}); p > 0.005 {
+		t.Errorf("tied positives: p = %v, want < 0.005", p)
+	}
+}

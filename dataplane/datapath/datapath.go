@@ -165,6 +165,9 @@ func Load(opts Options) (*Datapath, error) {
 	if err := spec.Variables[bpf.OnehopVarOhEventsWakeupBytes].Set(uint64(opts.EventBytes / 4)); err != nil {
 		return nil, fmt.Errorf("load onehop datapath: event wakeup: %w", err)
 	}
+	if err := spec.Variables[bpf.OnehopVarOhPlantedConnectLookups].Set(PlantedConnectLookups); err != nil {
+		return nil, fmt.Errorf("load onehop datapath: planted regression: %w", err)
+	}
 	names, err := counterNames(spec)
 	if err != nil {
 		return nil, fmt.Errorf("load onehop datapath: %w", err)

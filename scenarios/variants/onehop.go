@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -36,7 +35,7 @@ const DataplaneModeLabel = "istio.io/dataplane-mode"
 const TelemetryLabel = "onehop.io/telemetry"
 
 // xdsPort is where the lab's control plane listens on the first node (istiod's plaintext port).
-const xdsPort = "15010"
+const xdsPort = 15010
 
 // Onehop runs onehop-agent on every node (in the node's network namespace, like a hostNetwork
 // DaemonSet) fed by the lab's xDS control plane, and enrolls the pods of its namespace: their
@@ -51,6 +50,13 @@ type Onehop struct {
 	XDSMode string
 	// AgentArgs are extra flags for every agent (tests: a shorter telemetry period).
 	AgentArgs []string
+	// Instance, when set, makes this a second onehop deployment beside the default one, for
+	// comparing two builds of the agent in one lab (`onehop gate`): variant "onehop-<Instance>",
+	// with agents, control plane, ports, sockets and bpffs pins of its own. Its programs attach
+	// to the same node cgroups and act only on the pods enrolled with its agents.
+	Instance string
+	// PortOffset moves the instance's xDS and metrics ports off the default deployment's.
+	PortOffset int
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -65,9 +71,18 @@ var onehopAgents = &Onehop{}
 
 func init() { Register(onehopAgents) }
 
-func (*Onehop) Name() string { return "onehop" }
+func (o *Onehop) Name() string {
+	if o.Instance != "" {
+		return "onehop-" + o.Instance
+	}
+	return "onehop"
+}
 func (o *Onehop) Describe() string {
-	return "onehop-agent: eBPF cgroup/connect4+6 service load balancing programmed over xDS (" + o.xdsMode() + " mode), no proxy (plaintext)"
+	build := ""
+	if o.Instance != "" {
+		build = " (" + o.Instance + " build)"
+	}
+	return "onehop-agent" + build + ": eBPF cgroup/connect4+6 service load balancing programmed over xDS (" + o.xdsMode() + " mode), no proxy (plaintext)"
 }
 func (o *Onehop) Labels() map[string]string { return map[string]string{DataplaneModeLabel: o.Name()} }
 
@@ -79,6 +94,30 @@ func AgentSocket(h clusters.NodeHost, node string) string {
 // agentMetricsPort is where the lab's agents serve /metrics, in their node's namespace.
 const agentMetricsPort = 15020
 
+// The default deployment's names and ports, or the instance's own.
+func (o *Onehop) socket(h clusters.NodeHost, node string) string {
+	if o.Instance == "" {
+		return AgentSocket(h, node)
+	}
+	return filepath.Join(h.RuntimeDir(), "agent-"+o.Instance+"-"+node+".sock")
+}
+
+func (o *Onehop) accessLog(h clusters.NodeHost, node string) string {
+	if o.Instance == "" {
+		return AgentAccessLog(h, node)
+	}
+	return filepath.Join(h.RuntimeDir(), "agent-"+o.Instance+"-"+node+"-access.log")
+}
+
+func (o *Onehop) bpfDir(h clusters.NodeHost, node string) string {
+	if o.Instance == "" {
+		return h.NodeBPFDir(node)
+	}
+	return filepath.Join(h.NodeBPFDir(node), o.Instance)
+}
+
+func (o *Onehop) metricsPort() int { return agentMetricsPort + o.PortOffset }
+
 // MetricsTargets are the agents' /metrics addresses, one per node.
 func (o *Onehop) MetricsTargets(c clusters.Cluster) []string {
 	h, ok := c.(clusters.NodeHost)
@@ -88,7 +127,7 @@ func (o *Onehop) MetricsTargets(c clusters.Cluster) []string {
 	var out []string
 	for _, node := range c.Spec().NodeNames() {
 		if ips := h.NodeAddresses(node); len(ips) > 0 {
-			out = append(out, netip.AddrPortFrom(ips[0], agentMetricsPort).String())
+			out = append(out, netip.AddrPortFrom(ips[0], uint16(o.metricsPort())).String())
 		}
 	}
 	return out
@@ -165,11 +204,11 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 
 	o.agents, o.argv = map[string]*clusters.Process{}, map[string][]string{}
 	for _, node := range nodes {
-		sock := AgentSocket(h, node)
+		sock := o.socket(h, node)
 		os.Remove(sock)
 		o.argv[node] = []string{bin, "--node-id", node, "--xds-address", cpAddr, "--cgroup", h.NodeCgroup(node),
-			"--bpffs", h.NodeBPFDir(node), "--admin-socket", sock, "--metrics-address", fmt.Sprintf(":%d", agentMetricsPort),
-			"--access-log", AgentAccessLog(h, node)}
+			"--bpffs", o.bpfDir(h, node), "--admin-socket", sock, "--metrics-address", fmt.Sprintf(":%d", o.metricsPort()),
+			"--access-log", o.accessLog(h, node)}
 		if ips := h.NodeAddresses(node); len(ips) > 0 {
 			o.argv[node] = append(o.argv[node], "--node-ip", ips[0].String())
 		}
@@ -181,7 +220,7 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 		o.agents[node] = p
 	}
 	for node, p := range o.agents {
-		if err := waitReady(ctx, AgentSocket(h, node), p); err != nil {
+		if err := waitReady(ctx, o.socket(h, node), p); err != nil {
 			return fmt.Errorf("onehop: agent on node %s: %w", node, err)
 		}
 	}
@@ -192,7 +231,7 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 // node's agent reaches it over the underlay, as it would reach istiod.
 func (o *Onehop) startControlPlane(c clusters.Cluster, h clusters.NodeHost) (string, error) {
 	first := c.Spec().NodeNames()[0]
-	addr := net.JoinHostPort(h.NodeAddresses(first)[0].String(), xdsPort)
+	addr := netip.AddrPortFrom(h.NodeAddresses(first)[0], uint16(xdsPort+o.PortOffset)).String()
 	l, err := h.ListenOnNode(first, "tcp", addr)
 	if err != nil {
 		return "", fmt.Errorf("onehop: control plane listener on %s: %w", addr, err)
@@ -217,8 +256,8 @@ func (o *Onehop) stopControlPlane() {
 func (o *Onehop) enrollPods(ctx context.Context, c clusters.Cluster, h clusters.NodeHost, on bool) error {
 	var errs []error
 	for _, pod := range c.Pods() {
-		if req, ok := enrollRequest(c, h, pod); ok {
-			errs = append(errs, Enroll(ctx, AgentSocket(h, pod.Node), req, on))
+		if req, ok := o.enrollRequest(c, h, pod); ok {
+			errs = append(errs, Enroll(ctx, o.socket(h, pod.Node), req, on))
 		}
 	}
 	return errors.Join(errs...)
@@ -227,15 +266,15 @@ func (o *Onehop) enrollPods(ctx context.Context, c clusters.Cluster, h clusters.
 // enrollRequest is how a pod is enrolled: its netns, its namespace's telemetry label, and who it
 // is for metric labels (a lab pod is a bare pod: its own workload, named after it; canonical
 // names from its app and version labels, as Istio takes them). ok is false if its namespace is
-// not labelled for onehop.
-func enrollRequest(c clusters.Cluster, h clusters.NodeHost, pod clusters.Pod) (agent.EnrollRequest, bool) {
+// not labelled for this deployment.
+func (o *Onehop) enrollRequest(c clusters.Cluster, h clusters.NodeHost, pod clusters.Pod) (agent.EnrollRequest, bool) {
 	var labels map[string]string
 	for _, ns := range c.Spec().Namespaces {
 		if ns.Name == pod.Namespace {
 			labels = ns.Labels
 		}
 	}
-	if labels[DataplaneModeLabel] != "onehop" {
+	if labels[DataplaneModeLabel] != o.Name() {
 		return agent.EnrollRequest{}, false
 	}
 	req := agent.EnrollRequest{Netns: h.NetnsPath(pod.Name), Pod: &telemetry.Workload{
@@ -267,7 +306,7 @@ func (o *Onehop) Uninstall(ctx context.Context, c clusters.Cluster) error {
 	err := o.stop()
 	if h, ok := c.(clusters.NodeHost); ok {
 		for node, argv := range o.argv {
-			if out, uerr := h.RunOnNode(ctx, node, nil, argv[0], "--uninstall", "--bpffs", h.NodeBPFDir(node), "--cgroup", h.NodeCgroup(node)); uerr != nil {
+			if out, uerr := h.RunOnNode(ctx, node, nil, argv[0], "--uninstall", "--bpffs", o.bpfDir(h, node), "--cgroup", h.NodeCgroup(node)); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("onehop: uninstall on %s: %w: %s", node, uerr, out))
 			}
 		}
@@ -303,11 +342,11 @@ func (o *Onehop) podEnrollment(ctx context.Context, c clusters.Cluster, pod clus
 	if !ok {
 		return fmt.Errorf("onehop: the %s provider does not run its own nodes", c.Provider())
 	}
-	req, ok := enrollRequest(c, h, pod)
+	req, ok := o.enrollRequest(c, h, pod)
 	if !ok {
-		return fmt.Errorf("onehop: pod %s/%s: its namespace is not labelled %s=onehop", pod.Namespace, pod.Name, DataplaneModeLabel)
+		return fmt.Errorf("onehop: pod %s/%s: its namespace is not labelled %s=%s", pod.Namespace, pod.Name, DataplaneModeLabel, o.Name())
 	}
-	return Enroll(ctx, AgentSocket(h, pod.Node), req, on)
+	return Enroll(ctx, o.socket(h, pod.Node), req, on)
 }
 
 // Enroll asks a node's agent to serve (or stop serving) the pod of req.Netns.
@@ -357,7 +396,7 @@ func (o *Onehop) Restart(ctx context.Context, c clusters.Cluster, node string, s
 		return ev, fmt.Errorf("onehop: restart agent on %s: %w", node, err)
 	}
 	o.agents[node] = p
-	if err := waitReady(ctx, AgentSocket(h, node), p); err != nil {
+	if err := waitReady(ctx, o.socket(h, node), p); err != nil {
 		return ev, fmt.Errorf("onehop: restarted agent on %s: %w", node, err)
 	}
 	ev.ReadyAt = time.Now()
