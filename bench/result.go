@@ -34,6 +34,8 @@ type Result struct {
 	Survival []Survival `json:"survival,omitempty"`
 	// Startup holds start-up scenario results, one per new pod (Runs is then empty).
 	Startup []StartupRun `json:"startup,omitempty"`
+	// Quick marks a result of bench-quick: a first look, too short to conclude from.
+	Quick bool `json:"quick,omitempty"`
 	// Telemetry is the data plane's own view of the traffic (variants with node agents).
 	Telemetry *TelemetryView `json:"telemetry,omitempty"`
 }
@@ -78,9 +80,21 @@ type Run struct {
 	CPU      cpu.Usage       `json:"cpu"`
 	CPUPer1k CPUPer1k        `json:"cpu_per_1k_requests"`
 	Fortio   json.RawMessage `json:"fortio"` // fortio's own HTTPRunnerResults, histograms included
+	// Routing is where the run's requests arrived, from the server pods' own counts; nil for
+	// results from before the lab counted.
+	Routing *Routing `json:"routing,omitempty"`
 	// Warmup is the warm-up's summary (not measured, but carried by the data plane: its
 	// connections count in the data plane's own telemetry); nil without a warm-up.
 	Warmup *Latency `json:"warmup,omitempty"`
+}
+
+// Routing counts the requests the lab's server pods received during a run (warm-up included).
+type Routing struct {
+	// Target is the sum over the pods behind the run's own service.
+	Target int64 `json:"target"`
+	// Elsewhere is every other server pod that received requests meanwhile, by namespace/name:
+	// another variant's or another placement's. Runs go one at a time, so it must be empty.
+	Elsewhere map[string]int64 `json:"elsewhere,omitempty"`
 }
 
 // Latency summarises fortio's histogram; all durations in microseconds.

@@ -308,6 +308,14 @@ func TestCheck(t *testing.T) {
 		{"max-qps still checks errors and sockets", func(r *bench.Run) {
 			r.Mode, r.RequestedQPS, r.Latency.ActualQPS, r.Latency.Errors, r.Latency.Sockets = "max-qps", 0, 50, 1, 4
 		}, []string{"1 of 10000 requests failed", "4 sockets opened for 2 keep-alive connections"}},
+		{"routed to its own servers", func(r *bench.Run) { r.Routing = &bench.Routing{Target: 10004} }, nil},
+		{"misrouted to another namespace", func(r *bench.Run) {
+			r.Routing = &bench.Routing{Target: 0, Elsewhere: map[string]int64{"onehop/onehop-server-same-node-0": 10004}}
+		}, []string{"misrouted: requests reached servers outside the run's service (onehop/onehop-server-same-node-0 10004)",
+			"misrouted: the service's own servers received 0 requests of the 10000"}},
+		{"partly misrouted", func(r *bench.Run) {
+			r.Routing = &bench.Routing{Target: 9000, Elsewhere: map[string]int64{"a/b": 1004}}
+		}, []string{"misrouted: requests reached servers outside the run's service (a/b 1004)", "received 9000 requests of the 10000"}},
 		{"earlier verdict is replaced", func(r *bench.Run) { r.Valid, r.Invalid = false, []string{"stale reason"} }, nil},
 	}
 	for _, tt := range tests {

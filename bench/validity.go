@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 )
 
 // fortioResult is the part of fortio's HTTPRunnerResults JSON that summaries and validity need.
@@ -78,6 +79,19 @@ func (run *Run) Check(lim Limits) {
 	if run.KeepAlive && l.Sockets > int64(run.Connections) {
 		why = append(why, fmt.Sprintf("%d sockets opened for %d keep-alive connections: %d connection(s) broke and were reopened",
 			l.Sockets, run.Connections, l.Sockets-int64(run.Connections)))
+	}
+	if rt := run.Routing; rt != nil {
+		if len(rt.Elsewhere) > 0 {
+			var where []string
+			for pod, n := range rt.Elsewhere {
+				where = append(where, fmt.Sprintf("%s %d", pod, n))
+			}
+			sort.Strings(where)
+			why = append(why, fmt.Sprintf("misrouted: requests reached servers outside the run's service (%s)", strings.Join(where, ", ")))
+		}
+		if rt.Target < l.Requests {
+			why = append(why, fmt.Sprintf("misrouted: the service's own servers received %d requests of the %d fortio made", rt.Target, l.Requests))
+		}
 	}
 	sort.Strings(why)
 	run.Invalid, run.Valid = why, len(why) == 0

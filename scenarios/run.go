@@ -29,6 +29,9 @@ type Runner struct {
 	Progress   io.Writer // progress lines; nil is silent
 	// KeepCluster leaves the lab up after the run (for inspection with `onehop cluster status`).
 	KeepCluster bool
+	// NoTelemetry skips the Prometheus that checks the agents' telemetry against fortio (the
+	// gate times builds; the tests and bench-all check their counts).
+	NoTelemetry bool
 }
 
 const serverPort = 8080
@@ -117,7 +120,7 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 	if lab == "" {
 		lab = "bench"
 	}
-	res := &bench.Result{SchemaVersion: bench.SchemaVersion, StartedAt: time.Now().UTC()}
+	res := &bench.Result{SchemaVersion: bench.SchemaVersion, StartedAt: time.Now().UTC(), Quick: s.Quick}
 	settings, _ := json.Marshal(s)
 	res.Scenario = bench.ScenarioInfo{Name: s.Name, File: s.File, Description: s.Description, Settings: settings}
 	res.Environment = sysinfo.Collect(ctx, sysinfo.DefaultTools)
@@ -183,6 +186,9 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 // runMeasured measures the planned latency runs with a Prometheus scraping the variants' node
 // agents throughout, and then records what their telemetry counted beside fortio's counts.
 func (r *Runner) runMeasured(ctx context.Context, c clusters.Cluster, s *Scenario, res *bench.Result) error {
+	if r.NoTelemetry {
+		return r.runPlan(ctx, c, s, res)
+	}
 	ps, err := r.startPrometheus(ctx, c, s)
 	if err != nil {
 		return err
@@ -293,9 +299,17 @@ func (r *Runner) measure(ctx context.Context, c clusters.Cluster, targets []cpu.
 		Mode: s.Load.Mode, RequestedQPS: s.Load.QPS, Duration: s.Load.Duration.D(), PayloadBytes: *s.Load.PayloadBytes,
 		Repetition: p.rep, Target: url, StartedAt: time.Now().UTC(),
 	}
+	// Every fortio server answers alike: only the servers' own counts show where requests went.
+	before, countErr := serverCounts(ctx, c)
 	w := &cpuWindow{s: cpu.NewSampler(targets)}
 	out, err := d.Run(ctx, o, w)
 	run.EndedAt = time.Now().UTC()
+	if countErr == nil && err == nil {
+		var after map[string]int64
+		if after, countErr = serverCounts(ctx, c); countErr == nil {
+			run.Routing = routing(c, before, after, p.variant, "server-"+p.placement)
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return run, ctx.Err()
@@ -326,5 +340,8 @@ func (r *Runner) measure(ctx context.Context, c clusters.Cluster, targets []cpu.
 		run.CPUPer1k.Components[comp] = cpu.PerThousand(ms, ok200)
 	}
 	run.Check(s.Load.Limits)
+	if countErr != nil {
+		run.Valid, run.Invalid = false, append(run.Invalid, "where the requests went is unknown: "+countErr.Error())
+	}
 	return run, nil
 }

@@ -9,8 +9,10 @@ import (
 
 	"github.com/onehop-mesh/onehop/bench"
 	"github.com/onehop-mesh/onehop/bench/report"
+	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/clusters/netns"
 	"github.com/onehop-mesh/onehop/internal/testbin"
+	"github.com/onehop-mesh/onehop/scenarios/variants"
 )
 
 // A short real run: lab up, baseline, fortio through the VIP on both placements, CPU sampled,
@@ -64,6 +66,9 @@ load:
 		if run.CPU.Host.BusyMS <= 0 || run.CPUPer1k.Components["client"] <= 0 || run.CPUPer1k.Components["server"] <= 0 {
 			t.Errorf("run %s: CPU not sampled: host %v, per 1k %v", run.ID, run.CPU.Host, run.CPUPer1k)
 		}
+		if rt := run.Routing; rt == nil || rt.Target < run.Latency.Requests || len(rt.Elsewhere) > 0 {
+			t.Errorf("run %s: routing %+v, want its %d requests at its own servers only", run.ID, rt, run.Latency.Requests)
+		}
 		if run.CPU.WindowSeconds < 0.9 || run.CPU.WindowSeconds > 2 {
 			t.Errorf("run %s: CPU window %.2fs does not match the 1s measured run (warm-up excluded)", run.ID, run.CPU.WindowSeconds)
 		}
@@ -79,5 +84,60 @@ load:
 	files, err := report.Render(back, out)
 	if err != nil || len(files) < 3 {
 		t.Fatalf("render: %v %v", files, err)
+	}
+}
+
+// misrouted is a data plane with a routing bug: its client pod's connections to port 8080 go to
+// the baseline's same-node server, whatever service they were for. Every fortio server answers
+// alike, so only the servers' own request counts can tell.
+type misrouted struct{}
+
+func (misrouted) Name() string              { return "misrouted" }
+func (misrouted) Describe() string          { return "test: DNAT to another namespace's server" }
+func (misrouted) Labels() map[string]string { return nil }
+func (misrouted) Install(ctx context.Context, c clusters.Cluster) error {
+	to, _ := c.Pod("baseline-server-same-node-0")
+	p, err := c.Start(ctx, clientPod("misrouted"), clusters.Command{Name: "misroute", Argv: []string{"iptables", "-w", "-t", "nat",
+		"-A", "OUTPUT", "-p", "tcp", "--dport", "8080", "-j", "DNAT", "--to-destination", to.IPs[0].String() + ":8080"}})
+	if err != nil {
+		return err
+	}
+	return p.Wait()
+}
+func (misrouted) Uninstall(context.Context, clusters.Cluster) error { return nil }
+
+func TestMisroutedRunIsInvalid(t *testing.T) {
+	variants.Register(misrouted{})
+	r := testRunner(t, "trmisrt")
+	s, err := Parse("test.yaml", []byte(`
+name: misrouted
+variants: [baseline, misrouted]
+placements: [same-node]
+load:
+  qps: 200
+  connections: [2]
+  duration: 1s
+  warmup: 200ms
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, _, err := r.Run(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, run := range res.Runs {
+		switch run.Variant {
+		case "baseline":
+			if !run.Valid || run.Routing.Target < run.Latency.Requests {
+				t.Errorf("baseline run %s: valid %v %v, routing %+v", run.ID, run.Valid, run.Invalid, run.Routing)
+			}
+		case "misrouted":
+			// Every request succeeded (the wrong server answered): only routing can flag it.
+			if run.Valid || run.Latency.Errors > 0 || run.Routing.Target != 0 || run.Routing.Elsewhere["baseline/baseline-server-same-node-0"] < run.Latency.Requests ||
+				!strings.Contains(strings.Join(run.Invalid, ";"), "misrouted") {
+				t.Errorf("misrouted run %s: valid %v %v, errors %d, routing %+v", run.ID, run.Valid, run.Invalid, run.Latency.Errors, run.Routing)
+			}
+		}
 	}
 }

@@ -48,6 +48,9 @@ type Scenario struct {
 	Load               Load `yaml:"load" json:"load"`
 
 	File string `yaml:"-" json:"-"`
+	// Quick marks a scenario shortened for a first look (bench-quick): too few repetitions
+	// and too short runs to conclude from.
+	Quick bool `yaml:"-" json:"quick,omitempty"`
 }
 
 // Cluster is the part of the cluster spec a scenario may set.

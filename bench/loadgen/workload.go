@@ -8,9 +8,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,12 +22,38 @@ import (
 	"fortio.org/log"
 )
 
-// Serve runs fortio's echo server on port until SIGTERM or SIGINT.
+// EchoPath is the path the load requests; the server counts requests to it.
+const EchoPath = "/echo"
+
+// StatsPort is where a server pod answers, on 127.0.0.1 only, how many requests reached it
+// (GET /requests): the lab checks after each run that its requests reached its own variant's
+// servers and nobody else's, since every fortio server would answer a misrouted request alike.
+const StatsPort = 15990
+
+// ServerStats is what GET /requests on StatsPort returns.
+type ServerStats struct {
+	Echo int64 `json:"echo"` // requests to EchoPath since the server started
+}
+
+// Serve runs fortio's echo server on port until SIGTERM or SIGINT, counting its requests.
 func Serve(port int) error {
 	log.SetLogLevel(log.Warning)
-	if _, addr := fhttp.ServeTCP(strconv.Itoa(port), ""); addr == nil {
+	mux, addr := fhttp.ServeTCP(strconv.Itoa(port), "")
+	if addr == nil {
 		return fmt.Errorf("fortio server: cannot listen on port %d", port)
 	}
+	var echo atomic.Int64
+	mux.HandleFunc(EchoPath, func(w http.ResponseWriter, r *http.Request) {
+		echo.Add(1)
+		fhttp.EchoHandler(w, r)
+	})
+	stats, statsAddr := fhttp.HTTPServer("stats", net.JoinHostPort("127.0.0.1", strconv.Itoa(StatsPort)))
+	if statsAddr == nil {
+		return fmt.Errorf("fortio server: cannot listen on 127.0.0.1:%d for its request count", StatsPort)
+	}
+	stats.HandleFunc("/requests", func(w http.ResponseWriter, _ *http.Request) {
+		json.NewEncoder(w).Encode(ServerStats{Echo: echo.Load()})
+	})
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig

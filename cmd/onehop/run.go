@@ -22,7 +22,18 @@ type overrides struct {
 	lab              string
 	resultsDir       string
 	keep             bool
+	quick            bool
 }
+
+// Quick settings: a first look at every scenario in a few minutes (bench-quick); results and
+// reports say they are quick. Three repetitions are the fewest an interval can come from.
+const (
+	quickRepetitions = 3
+	quickDuration    = time.Second
+	quickWarmup      = 200 * time.Millisecond
+	quickRestarts    = 4
+	quickPods        = 3
+)
 
 func (o *overrides) register(cmd *cobra.Command) {
 	f := cmd.Flags()
@@ -33,12 +44,26 @@ func (o *overrides) register(cmd *cobra.Command) {
 	f.StringVar(&o.lab, "lab", "bench", "name of the lab cluster the run creates and removes")
 	f.StringVar(&o.resultsDir, "results", "results", "directory for result JSON files")
 	f.BoolVar(&o.keep, "keep", false, "leave the lab up after the run")
+	f.BoolVar(&o.quick, "quick", false, fmt.Sprintf("a first look: %d repetitions of %s, %d restarts, %d new pods; reports are marked quick",
+		quickRepetitions, quickDuration, quickRestarts, quickPods))
 }
 
 func (o *overrides) load(path string) (*scenarios.Scenario, error) {
 	s, err := scenarios.LoadFile(path)
 	if err != nil {
 		return nil, err
+	}
+	if o.quick {
+		s.Quick = true
+		s.Load.Repetitions, s.Load.Duration = quickRepetitions, scenarios.Duration(quickDuration)
+		w := scenarios.Duration(quickWarmup)
+		s.Load.Warmup = &w
+		if s.Restart != nil {
+			s.Restart.Restarts = quickRestarts
+		}
+		if s.Startup != nil {
+			s.Startup.Pods = quickPods
+		}
 	}
 	if o.duration > 0 {
 		s.Load.Duration = scenarios.Duration(o.duration)
@@ -112,20 +137,9 @@ func reportCmd() *cobra.Command {
 // renderReports renders the newest result per scenario and copies it beside its report, so every
 // committed figure can be traced to the data it came from.
 func renderReports(resultsDir, outDir string) error {
-	files, _ := filepath.Glob(filepath.Join(resultsDir, "*.json"))
-	newest := map[string]*bench.Result{}
-	for _, f := range files {
-		r, err := bench.Read(f)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "skip %v\n", err)
-			continue
-		}
-		if old, ok := newest[r.Scenario.Name]; !ok || r.StartedAt.After(old.StartedAt) {
-			newest[r.Scenario.Name] = r
-		}
-	}
-	if len(newest) == 0 {
-		return fmt.Errorf("no results in %s: run `onehop run scenarios/<name>.yaml` first", resultsDir)
+	newest, err := newestResults(resultsDir)
+	if err != nil {
+		return err
 	}
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
@@ -149,6 +163,30 @@ func renderReports(resultsDir, outDir string) error {
 		all = append(all, r)
 	}
 	return report.Index(all, outDir)
+}
+
+// newestResults reads dir/*.json and keeps the newest result of each scenario, by scenario name.
+// Unreadable files are skipped with a note on stderr; finding none at all is an error.
+func newestResults(dir string) (map[string]*bench.Result, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	newest := map[string]*bench.Result{}
+	for _, f := range files {
+		r, err := bench.Read(f)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "skip %v\n", err)
+			continue
+		}
+		if old, ok := newest[r.Scenario.Name]; !ok || r.StartedAt.After(old.StartedAt) {
+			newest[r.Scenario.Name] = r
+		}
+	}
+	if len(newest) == 0 {
+		return nil, fmt.Errorf("no results in %s: run `onehop run scenarios/<name>.yaml` first", dir)
+	}
+	return newest, nil
 }
 
 func benchAllCmd() *cobra.Command {
