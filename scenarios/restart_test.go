@@ -1,7 +1,6 @@
 package scenarios
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,7 +16,7 @@ import (
 // The baseline's restart (a full rule re-sync) runs too, and the report renders.
 func TestRestartMidTraffic(t *testing.T) {
 	r := testRunner(t, "trrestart")
-	s, err := Parse("test.yaml", []byte(`
+	res, _ := runYAML(t, r, `
 name: restart-test
 kind: restart-mid-traffic
 variants: [onehop, baseline]
@@ -29,14 +28,7 @@ restart:
   tail: 1s
   longLived: 8
   newConnectionRate: 100
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, _, err := r.Run(context.Background(), s)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	if len(res.Survival) != 2 {
 		t.Fatalf("%d survival results, want 2", len(res.Survival))
 	}

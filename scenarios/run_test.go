@@ -31,18 +31,10 @@ func testRunner(t *testing.T, lab string) *Runner {
 	return &Runner{Provider: p, Binary: p.Binary, ResultsDir: t.TempDir(), Lab: lab}
 }
 
-func TestRunScenarioEndToEnd(t *testing.T) {
-	lab := "tr" + strings.ToLower(strings.ReplaceAll(t.Name(), "Test", ""))[:6]
-	r := testRunner(t, lab)
-	s, err := Parse("test.yaml", []byte(`
-name: e2e
-variants: [baseline]
-load:
-  qps: 200
-  connections: [1, 4]
-  duration: 1s
-  warmup: 200ms
-`))
+// runYAML runs the scenario given as YAML with r, failing the test on any error.
+func runYAML(t *testing.T, r *Runner, yaml string) (*bench.Result, string) {
+	t.Helper()
+	s, err := Parse("test.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,6 +42,21 @@ load:
 	if err != nil {
 		t.Fatal(err)
 	}
+	return res, path
+}
+
+func TestRunScenarioEndToEnd(t *testing.T) {
+	lab := "tr" + strings.ToLower(strings.ReplaceAll(t.Name(), "Test", ""))[:6]
+	r := testRunner(t, lab)
+	res, path := runYAML(t, r, `
+name: e2e
+variants: [baseline]
+load:
+  qps: 200
+  connections: [1, 4]
+  duration: 1s
+  warmup: 200ms
+`)
 	if _, err := os.Stat("/run/netns/onehop-" + lab + "-n1"); err == nil {
 		t.Error("lab still up after the run")
 	}
@@ -109,7 +116,7 @@ func (misrouted) Uninstall(context.Context, clusters.Cluster) error { return nil
 func TestMisroutedRunIsInvalid(t *testing.T) {
 	variants.Register(misrouted{})
 	r := testRunner(t, "trmisrt")
-	s, err := Parse("test.yaml", []byte(`
+	res, _ := runYAML(t, r, `
 name: misrouted
 variants: [baseline, misrouted]
 placements: [same-node]
@@ -118,14 +125,7 @@ load:
   connections: [2]
   duration: 1s
   warmup: 200ms
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, _, err := r.Run(context.Background(), s)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	for _, run := range res.Runs {
 		switch run.Variant {
 		case "baseline":

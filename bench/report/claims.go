@@ -4,16 +4,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/onehop-mesh/onehop/bench"
+	"github.com/onehop-mesh/onehop/bench/stats"
 )
 
 // Scenario names the scorecard reads.
 const (
 	scMesh     = "mesh-latency-vs-connections"
-	scLatency  = "latency-vs-connections"
 	scWaypoint = "waypoint-p99-at-1024-qps"
 	scRestart  = "restart-mid-traffic"
 	scStartup  = "startup"
@@ -29,50 +28,40 @@ type claim struct {
 
 var claims = []claim{
 	{"C1", "forwarding latency more than 50% lower than the Istio sidecar", func(rs map[string]*bench.Result) (string, string) {
-		added, total, where, ok := compare(rs[scMesh], "onehop", "sidecar", "p50", true)
-		if !ok {
+		r := rs[scMesh]
+		added := pairedEstimates(r, true, percentile("p50"), addedRatio, "onehop", "sidecar", baseline)
+		total := pairedEstimates(r, true, percentile("p50"), ratio, "onehop", "sidecar")
+		if len(added) == 0 {
 			return missing(scMesh)
 		}
-		return fmt.Sprintf("latency added over baseline, onehop/sidecar p50: %s; total latency onehop/sidecar: %s (%s)", added, total, where),
-			verdictAtMost(addedMax(rs[scMesh], "onehop", "sidecar", "p50"), 0.5)
+		return fmt.Sprintf("p50 latency onehop adds over no mesh, as a share of what the sidecar adds (claim: ≤ 0.50): %s. Total p50 onehop/sidecar: %s",
+			describePoints(added, "%.2f"), describePoints(total, "%.2f")) + pairedNote(added, total), verdict(added, atMost(0.5))
 	}},
 	{"C2", "latency almost the same as plain Kubernetes (kube-proxy iptables)", func(rs map[string]*bench.Result) (string, string) {
 		r := rs[scMesh]
-		if r == nil {
-			r = rs[scLatency]
-		}
-		lo, hi, where, ok := ratioRange(r, "onehop", baseline, "p50", true)
-		if !ok {
+		pts := pairedEstimates(r, true, percentile("p50"), ratio, "onehop", baseline)
+		if len(pts) == 0 {
 			return missing(scMesh)
 		}
-		v := "not reproduced"
-		switch {
-		case lo >= 0.95 && hi <= 1.05:
-			v = "reproduced"
-		case lo >= 0.9 && hi <= 1.1:
-			v = "partly (within 10%)"
-		}
-		return fmt.Sprintf("onehop/baseline p50 %.2f–%.2f (%s, %s)", lo, hi, where, r.Scenario.Name), v
+		return fmt.Sprintf("p50 onehop/baseline, keep-alive (claim: ≤ 1.05): %s", describePoints(pts, "%.3f")) + pairedNote(pts), verdict(pts, atMost(1.05))
 	}},
 	{"C3", "CPU about that of plain Kubernetes at the same QPS; data plane overhead 70% lower than the sidecar", func(rs map[string]*bench.Result) (string, string) {
 		r := rs[scMesh]
-		lo, hi, where, ok := ratioRange(r, "onehop", baseline, mBusy, true)
-		if !ok {
+		cpu := pairedEstimates(r, true, hostBusy, ratio, "onehop", baseline)
+		over := pairedEstimates(r, true, hostBusy, addedRatio, "onehop", "sidecar", baseline)
+		if len(cpu) == 0 || len(over) == 0 {
 			return missing(scMesh)
 		}
-		oh, ok := overheadRatio(r, "onehop", "sidecar")
-		if !ok {
-			return missing(scMesh)
-		}
-		v := verdictAtMost(oh, 0.3)
-		return fmt.Sprintf("host CPU per 1000 requests onehop/baseline %.2f–%.2f; CPU added over baseline onehop/sidecar %.2f (median over %s)", lo, hi, oh, where), v
+		v1, v2 := verdict(cpu, atMost(1.10)), verdict(over, atMost(0.3))
+		return fmt.Sprintf("host CPU per 1000 requests onehop/baseline (claim: ≤ 1.10): %s — %s. CPU onehop adds over no mesh as a share of the sidecar's (claim: ≤ 0.30): %s — %s",
+			describePoints(cpu, "%.2f"), v1, describePoints(over, "%.2f"), v2) + pairedNote(cpu, over), weakest(v1, v2)
 	}},
 	{"C4", "dual engine (eBPF L4 + waypoint) P99 25–30% lower than ambient + waypoint at 1024 QPS", func(rs map[string]*bench.Result) (string, string) {
-		lo, hi, where, ok := ratioRange(rs[scWaypoint], "onehop-waypoint", "ambient-waypoint", "p99", true)
-		if !ok {
+		pts := pairedEstimates(rs[scWaypoint], true, percentile("p99"), ratio, "onehop-waypoint", "ambient-waypoint")
+		if len(pts) == 0 {
 			return missing(scWaypoint)
 		}
-		return fmt.Sprintf("onehop-waypoint/ambient-waypoint p99 %.2f–%.2f (%s)", lo, hi, where), verdictAtMost(hi, 0.75)
+		return fmt.Sprintf("p99 onehop-waypoint/ambient-waypoint (claim: ≤ 0.75): %s", describePoints(pts, "%.2f")) + pairedNote(pts), verdict(pts, atMost(0.75))
 	}},
 	{"C5", "sockmap between sockets on one node: 10–15% lower latency", notYet("sockmap acceleration is not built yet")},
 	{"C6", "a daemon restart breaks no connection; an ambient node proxy restart does", func(rs map[string]*bench.Result) (string, string) {
@@ -94,14 +83,14 @@ var claims = []claim{
 				ambientRan, ambientBroke = true, lost > 0 || m.RequestsFailed > 0
 			}
 		}
-		v := "not reproduced"
+		v := vNotReproduced
 		switch {
 		case onehopOK && ambientRan && ambientBroke:
-			v = "reproduced"
+			v = vReproduced
 		case onehopOK:
 			v = "partly (onehop survives; the ambient half was not shown)"
 		}
-		return strings.Join(parts, "; "), v
+		return strings.Join(parts, "; ") + " (counts: every connection and request is checked, no sampling)", v
 	}},
 	{"C7", "sockops metrics cost under 5% CPU", telemetryCost},
 	{"C8", "service start-up 40% faster than with sidecars", func(rs map[string]*bench.Result) (string, string) {
@@ -109,19 +98,20 @@ var claims = []claim{
 		if r == nil {
 			return missing(scStartup)
 		}
-		o, s := startupMedian(r, "onehop"), startupMedian(r, "sidecar")
-		if o <= 0 || s <= 0 {
+		pts := startupRatios(r, "onehop", "sidecar")
+		if len(pts) == 0 {
 			return missing(scStartup)
 		}
-		return fmt.Sprintf("pod start to first successful request, median: onehop %.0f ms, sidecar %.0f ms, ratio %.2f", o, s, o/s), verdictAtMost(o/s, 0.6)
+		return fmt.Sprintf("pod start to first successful request, onehop/sidecar (claim: ≤ 0.60): %s; medians onehop %.0f ms, sidecar %.0f ms",
+			describePoints(pts, "%.2f"), startupMedian(r, "onehop"), startupMedian(r, "sidecar")) + pairedNote(pts), verdict(pts, atMost(0.6))
 	}},
 	{"C9", "5x better than Envoy for L7 load balancing", notYet("needs in-kernel L7 routing, which onehop does not do")},
 	{"C10", "an Istio sidecar hop adds about 2.65 ms on average", func(rs map[string]*bench.Result) (string, string) {
-		lo, hi, where, ok := addedRange(rs[scMesh], "sidecar", "p50")
-		if !ok {
+		pts := pairedEstimates(rs[scMesh], true, percentile("p50"), difference, "sidecar", baseline)
+		if len(pts) == 0 {
 			return missing(scMesh)
 		}
-		return fmt.Sprintf("sidecar minus baseline p50: %.0f–%.0f µs (%s)", lo, hi, where),
+		return fmt.Sprintf("sidecar minus baseline p50, µs: %s", describePoints(pts, "%.0f")) + pairedNote(pts),
 			"context only: absolute figures depend on the machine; this lab's HAProxy sidecars add this much"
 	}},
 	{"C11", "kernel-native L7: HTTP latency almost equal to baseline", func(map[string]*bench.Result) (string, string) {
@@ -137,124 +127,61 @@ func missing(scenario string) (string, string) {
 	return "–", fmt.Sprintf("not measured: run `bin/onehop run scenarios/%s.yaml`", scenario)
 }
 
-func verdictAtMost(v, limit float64) string {
-	switch {
-	case v <= limit:
-		return "reproduced"
-	case v < 1:
-		return fmt.Sprintf("partly (better, but not by the claimed margin: %.2f > %.2f)", v, limit)
+// verdict is judge's verdict with what it rests on.
+func verdict(pts []pointEstimate, g region) string {
+	v := judge(pts, g)
+	switch v {
+	case vPartly:
+		return v + " (the estimates meet the claim; an interval reaches beyond it)"
+	case vInconclusive:
+		return v + " (an interval is too wide to say)"
 	}
-	return "not reproduced"
+	return v
 }
 
-// points yields, for every placement and connection count where both variants have a valid
-// median of metric, the two values.
-func points(r *bench.Result, a, b, metric string, keepAlive bool, f func(where string, va, vb float64)) {
-	if r == nil {
-		return
-	}
-	secs, err := sections(r.Runs)
-	if err != nil {
-		return
-	}
-	for _, s := range secs {
-		if s.keepAlive != keepAlive {
-			continue
-		}
-		for _, c := range s.conns {
-			sa, m1 := s.lookup(cell{a, c}, metric)
-			sb, m2 := s.lookup(cell{b, c}, metric)
-			if m1 == "" && m2 == "" && sb.med > 0 {
-				f(fmt.Sprintf("%s c=%d", s.placement, c), sa.med, sb.med)
+// weakest of several verdicts, by judge's order.
+func weakest(vs ...string) string {
+	order := []string{vNotReproduced, vInconclusive, vPartly, vReproduced}
+	best := len(order)
+	out := ""
+	for _, v := range vs {
+		for i, o := range order {
+			if strings.HasPrefix(v, o) && i < best {
+				best, out = i, v
 			}
 		}
 	}
+	return out
 }
 
-// extent collects values measured at points, keeping the smallest, the largest and where.
-type extent struct {
-	lo, hi float64
-	where  []string
-	ok     bool
+// pairedNote says what the numbers are.
+func pairedNote(pts ...[]pointEstimate) string {
+	return fmt.Sprintf(" (median of paired per-repetition values [95%% bootstrap interval], %d+ repetitions per point)", reps(pts...))
 }
 
-func (e *extent) add(where string, x float64) {
-	if !e.ok || x < e.lo {
-		e.lo = x
-	}
-	if !e.ok || x > e.hi {
-		e.hi = x
-	}
-	e.ok = true
-	e.where = append(e.where, where)
-}
-
-func (e *extent) result() (lo, hi float64, where string, ok bool) {
-	return e.lo, e.hi, span(e.where), e.ok
-}
-
-func ratioRange(r *bench.Result, a, b, metric string, keepAlive bool) (lo, hi float64, where string, ok bool) {
-	var e extent
-	points(r, a, b, metric, keepAlive, func(w string, va, vb float64) { e.add(w, va/vb) })
-	return e.result()
-}
-
-// compare gives a-vs-b ratios of total latency and of latency added over baseline.
-func compare(r *bench.Result, a, b, metric string, keepAlive bool) (added, total, where string, ok bool) {
-	lo, hi, where, ok := ratioRange(r, a, b, metric, keepAlive)
-	if !ok {
-		return "", "", "", false
-	}
-	added = "–"
-	if alo, ahi, _, aok := addedRatioRange(r, a, b, metric); aok {
-		added = fmt.Sprintf("%.2f–%.2f", alo, ahi)
-	}
-	return added, fmt.Sprintf("%.2f–%.2f", lo, hi), where, true
-}
-
-// addedRatioRange: (a − baseline) / (b − baseline) per point.
-func addedRatioRange(r *bench.Result, a, b, metric string) (lo, hi float64, where string, ok bool) {
-	base := map[string]float64{}
-	points(r, baseline, baseline, metric, true, func(w string, v, _ float64) { base[w] = v })
-	var e extent
-	points(r, a, b, metric, true, func(w string, va, vb float64) {
-		if bl, has := base[w]; has && vb-bl > 0 {
-			e.add(w, (va-bl)/(vb-bl))
+// startupRatios: a/b of the time to first success, per repetition (each repetition starts one
+// pod per variant, in rotating order), as one point.
+func startupRatios(r *bench.Result, a, b string) []pointEstimate {
+	ms := map[string]map[int]float64{a: {}, b: {}}
+	for _, s := range r.Startup {
+		if m := ms[s.Variant]; m != nil && s.Error == "" {
+			m[s.Repetition] = s.FirstSuccessMS
 		}
-	})
-	return e.result()
-}
-
-func addedMax(r *bench.Result, a, b, metric string) float64 {
-	_, hi, _, ok := addedRatioRange(r, a, b, metric)
-	if !ok {
-		return 99
 	}
-	return hi
-}
-
-// addedRange: variant minus baseline, per point.
-func addedRange(r *bench.Result, v, metric string) (lo, hi float64, where string, ok bool) {
-	var e extent
-	points(r, v, baseline, metric, true, func(w string, va, vb float64) { e.add(w, va-vb) })
-	return e.result()
-}
-
-// overheadRatio is the median over points of (a − baseline) / (b − baseline) host CPU.
-func overheadRatio(r *bench.Result, a, b string) (float64, bool) {
-	base := map[string]float64{}
-	points(r, baseline, baseline, mBusy, true, func(w string, v, _ float64) { base[w] = v })
 	var xs []float64
-	points(r, a, b, mBusy, true, func(w string, va, vb float64) {
-		if bl, has := base[w]; has && vb-bl > 0 {
-			xs = append(xs, (va-bl)/(vb-bl))
+	for rep, va := range ms[a] {
+		if vb, ok := ms[b][rep]; ok && vb > 0 {
+			xs = append(xs, va/vb)
 		}
-	})
-	if len(xs) == 0 {
-		return 0, false
 	}
-	slices.Sort(xs)
-	return bench.Median(xs), true
+	if len(xs) < 3 {
+		return nil
+	}
+	e, err := stats.MedianCI(xs, 0.95)
+	if err != nil {
+		return nil
+	}
+	return []pointEstimate{{"same-node", e}}
 }
 
 func startupMedian(r *bench.Result, variant string) float64 {
@@ -264,42 +191,16 @@ func startupMedian(r *bench.Result, variant string) float64 {
 			ms = append(ms, s.FirstSuccessMS)
 		}
 	}
-	if len(ms) == 0 {
-		return 0
-	}
-	slices.Sort(ms)
-	return bench.Median(ms)
-}
-
-func span(ws []string) string {
-	if len(ws) == 0 {
-		return ""
-	}
-	return fmt.Sprintf("%d points: %s … %s", len(ws), ws[0], ws[len(ws)-1])
+	return stats.Median(ms)
 }
 
 // Scorecard writes <outDir>/claims.md: one row per claim with what this lab measured.
 func Scorecard(results []*bench.Result, outDir string) error {
-	rs := map[string]*bench.Result{}
-	for _, r := range results {
-		if old, ok := rs[r.Scenario.Name]; !ok || r.StartedAt.After(old.StartedAt) {
-			rs[r.Scenario.Name] = r
-		}
-	}
+	rs := newest(results)
 	var b strings.Builder
-	b.WriteString("# Claims scorecard\n\n")
-	b.WriteString("The published claims for Kmesh (../shared/CLAIMS.md) against what this lab measured. onehop " +
-		"stands for the Kmesh architecture (sidecarless, eBPF L4 in the kernel); the sidecar, ambient and waypoint " +
-		"variants use HAProxy where Istio uses Envoy and ztunnel, so ratios compare architectures, not products. " +
-		"Ratios come from one interleaved run per scenario; absolute numbers are this machine's.\n\n")
-	var rows [][]string
-	for _, c := range claims {
-		m, v := c.measure(rs)
-		rows = append(rows, []string{c.id, c.text, m, v})
-	}
-	writeTable(&b, []string{"claim", "what was claimed", "measured here", "verdict"}, rows)
+	b.WriteString("# Claims scorecard\n\n" + scorecard(rs))
 	var used []string
-	for _, n := range []string{scMesh, scLatency, scWaypoint, scRestart, scStartup, scTelemetry} {
+	for _, n := range []string{scMesh, scWaypoint, scRestart, scStartup, scTelemetry} {
 		if r := rs[n]; r != nil {
 			used = append(used, fmt.Sprintf("- [%s](%s.md): %s, revision %s", n, n, r.StartedAt.UTC().Format("2006-01-02 15:04 MST"), revision(r)))
 		}
@@ -308,4 +209,40 @@ func Scorecard(results []*bench.Result, outDir string) error {
 		b.WriteString("Results used:\n\n" + strings.Join(used, "\n") + "\n")
 	}
 	return os.WriteFile(filepath.Join(outDir, "claims.md"), []byte(b.String()), 0o644)
+}
+
+// scorecard is the scorecard's explanation and table, from the newest result per scenario.
+func scorecard(rs map[string]*bench.Result) string {
+	var b strings.Builder
+	b.WriteString("The published claims for Kmesh (../shared/CLAIMS.md) against what this lab measured. onehop " +
+		"stands for the Kmesh architecture (sidecarless, eBPF L4 in the kernel); the sidecar, ambient and waypoint " +
+		"variants use HAProxy where Istio uses Envoy and ztunnel, so ratios compare architectures, not products. " +
+		"Every estimate is the median of per-repetition values of variants measured seconds apart in the same repetition " +
+		"(paired), with its 95% percentile-bootstrap interval; absolute numbers are this machine's. A verdict is read from the " +
+		"intervals against the claim's threshold, fixed in code before any result: reproduced if every interval meets it, partly " +
+		"if every estimate does, not reproduced if an interval lies wholly beyond it, inconclusive otherwise.\n\n")
+	for _, r := range rs {
+		if r.Quick {
+			b.WriteString(quickBanner + "\n\n")
+			break
+		}
+	}
+	var rows [][]string
+	for _, c := range claims {
+		m, v := c.measure(rs)
+		rows = append(rows, []string{c.id, c.text, m, v})
+	}
+	writeTable(&b, []string{"claim", "what was claimed", "measured here", "verdict"}, rows)
+	return b.String()
+}
+
+// newest keeps the most recent result of each scenario.
+func newest(results []*bench.Result) map[string]*bench.Result {
+	rs := map[string]*bench.Result{}
+	for _, r := range results {
+		if old, ok := rs[r.Scenario.Name]; !ok || r.StartedAt.After(old.StartedAt) {
+			rs[r.Scenario.Name] = r
+		}
+	}
+	return rs
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/onehop-mesh/onehop/bench"
+	"github.com/onehop-mesh/onehop/bench/stats"
 )
 
 // baseline is the variant ratios are computed against.
@@ -33,10 +34,20 @@ const (
 	compPrefix = "cpu:"
 )
 
+// minCI is the fewest values a confidence interval is computed from: a bootstrap over two values
+// only redraws those two, and would show the min–max range under another name.
+const minCI = 3
+
 // stat summarises one metric over the valid repetitions of a cell.
 type stat struct {
 	med, min, max float64
 	n             int
+	// ci is the 95% bootstrap interval of med; hasCI is false with fewer than minCI values and for
+	// metrics no table or plot shows with an interval.
+	ci    stats.Interval
+	hasCI bool
+	// reps is the value of each valid repetition, so that variants measured together can be paired.
+	reps map[int]float64
 }
 
 // cell is one point on a plot: a variant at a connection count.
@@ -56,6 +67,8 @@ type section struct {
 	components []string
 	// cells maps a cell that ran to its metrics; the map is empty when no repetition was valid.
 	cells map[cell]map[string]stat
+	// runs counts the runs of each cell, valid or not.
+	runs map[cell]int
 }
 
 // Render writes <outDir>/<scenario-name>.md and its plots
@@ -109,15 +122,9 @@ func Render(r *bench.Result, outDir string) ([]string, error) {
 // scenario with its date, git revision and a validity count). When a scenario appears more than
 // once the most recent result is listed, as Render would have overwritten the older report.
 func Index(results []*bench.Result, outDir string) error {
-	latest := map[string]*bench.Result{}
-	for _, r := range results {
-		n := fileName(r.Scenario.Name)
-		if old, ok := latest[n]; n != "" && (!ok || r.StartedAt.After(old.StartedAt)) {
-			latest[n] = r
-		}
-	}
+	latest := newest(results)
 	var b strings.Builder
-	b.WriteString("# Benchmark reports\n\n")
+	b.WriteString("# Benchmark reports\n\n## Claims scorecard\n\n" + scorecard(latest) + "## Scenarios\n\n")
 	for _, n := range slices.Sorted(maps.Keys(latest)) {
 		r := latest[n]
 		what := validity(r.Runs) + " runs valid"
@@ -127,13 +134,15 @@ func Index(results []*bench.Result, outDir string) error {
 		if len(r.Startup) > 0 {
 			what = fmt.Sprintf("%d new pods", len(r.Startup))
 		}
-		fmt.Fprintf(&b, "- [%s](%s.md) — %s, revision %s, %s\n", r.Scenario.Name, n,
-			r.StartedAt.UTC().Format("2006-01-02 15:04 MST"), revision(r), what)
+		if r.Quick {
+			what += ", quick run"
+		}
+		fmt.Fprintf(&b, "- [%s](%s.md) — %s, revision %s, %s, %s\n", r.Scenario.Name, fileName(n),
+			r.StartedAt.UTC().Format("2006-01-02 15:04 MST"), revision(r), r.EndedAt.Sub(r.StartedAt).Round(time.Second), what)
 	}
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
 	}
-	b.WriteString("\n[Claims scorecard](claims.md): the published Kmesh claims against these results.\n")
 	if err := os.WriteFile(filepath.Join(outDir, "README.md"), []byte(b.String()), 0o644); err != nil {
 		return err
 	}
@@ -154,10 +163,11 @@ func sections(runs []bench.Run) ([]*section, error) {
 	}
 	var out []*section
 	for k, all := range byKey {
-		s := &section{placement: k.placement, keepAlive: k.keepAlive, cells: map[cell]map[string]stat{}}
+		s := &section{placement: k.placement, keepAlive: k.keepAlive, cells: map[cell]map[string]stat{}, runs: map[cell]int{}}
 		byCell := map[cell][]bench.Run{}
 		for _, r := range all {
 			byCell[cell{r.Variant, r.Connections}] = append(byCell[cell{r.Variant, r.Connections}], r)
+			s.runs[cell{r.Variant, r.Connections}]++
 		}
 		// Medians over different offered loads would mix incomparable numbers.
 		loads := distinct(all, loadLabel)
@@ -187,33 +197,55 @@ func sections(runs []bench.Run) ([]*section, error) {
 	return out, nil
 }
 
-// aggregate reduces the valid runs of one cell to per-metric median, min and max.
+// aggregate reduces the valid runs of one cell to per-metric median, min, max and, for the
+// latencies and host busy time, the 95% interval of the median.
 func aggregate(runs []bench.Run) map[string]stat {
-	values := map[string][]float64{}
+	values := map[string]map[int]float64{}
+	add := func(metric string, rep int, v float64) {
+		if values[metric] == nil {
+			values[metric] = map[int]float64{}
+		}
+		values[metric][rep] = v
+	}
 	for _, r := range runs {
 		if !r.Valid {
 			continue
 		}
-		values[mQPS] = append(values[mQPS], r.Latency.ActualQPS)
-		values[mBusy] = append(values[mBusy], r.CPUPer1k.HostBusyMS)
-		values[mSoftirq] = append(values[mSoftirq], r.CPUPer1k.HostSoftirqMS)
+		add(mQPS, r.Repetition, r.Latency.ActualQPS)
+		add(mBusy, r.Repetition, r.CPUPer1k.HostBusyMS)
+		add(mSoftirq, r.Repetition, r.CPUPer1k.HostSoftirqMS)
 		for _, p := range plotted {
 			if v, ok := r.Latency.Percentile(p); ok {
-				values[p] = append(values[p], v)
+				add(p, r.Repetition, v)
 			}
 		}
 		for c, v := range r.CPUPer1k.Components {
-			values[compPrefix+c] = append(values[compPrefix+c], v)
+			add(compPrefix+c, r.Repetition, v)
 		}
 	}
 	out := make(map[string]stat, len(values))
-	for m, vs := range values {
-		slices.Sort(vs)
+	for m, reps := range values {
+		vs := slices.Sorted(maps.Values(reps))
 		n := len(vs)
 		// The median, not the mean: one disturbed repetition must not move the reported figure.
-		out[m] = stat{med: (vs[(n-1)/2] + vs[n/2]) / 2, min: vs[0], max: vs[n-1], n: n}
+		st := stat{med: (vs[(n-1)/2] + vs[n/2]) / 2, min: vs[0], max: vs[n-1], n: n, reps: reps}
+		// Intervals only where they are shown: each is 10,000 resamples.
+		if m == mBusy || slices.Contains(plotted, m) {
+			st.ci, st.hasCI = medianCI(vs)
+		}
+		out[m] = st
 	}
 	return out
+}
+
+// medianCI is stats.MedianCI's 95% interval of vs (sorted: the bootstrap draws by index, so one
+// order gives one interval), none from fewer than minCI values.
+func medianCI(vs []float64) (stats.Interval, bool) {
+	if len(vs) < minCI {
+		return stats.Interval{}, false
+	}
+	e, err := stats.MedianCI(vs, 0.95)
+	return e.CI, err == nil
 }
 
 // lookup returns a cell's metric, or why there is none: "invalid" when no repetition was valid,
@@ -240,21 +272,20 @@ func (s *section) show(c cell, metric string, format func(stat) string) string {
 }
 
 func writeHeader(b *strings.Builder, r *bench.Result, variants []string) {
-	fmt.Fprintf(b, "# %s\n\n", r.Scenario.Name)
-	if r.Scenario.Description != "" {
-		fmt.Fprintf(b, "%s\n\n", r.Scenario.Description)
-	}
+	writeName(b, r)
 	b.WriteString("## What was measured\n\n")
 	fmt.Fprintf(b, "Variants: %s. Placements: %s. Connections: %s (%s). "+
 		"Load: %s; each run lasted %s with a %s-byte payload; %d repetitions per point "+
-		"(%s runs valid). Latencies are the median over valid repetitions, with the min–max range "+
-		"in parentheses; CPU is CPU-milliseconds per 1000 requests.\n\n",
+		"(%s runs valid). Latency and host busy time are medians over valid repetitions with their 95%% "+
+		"confidence interval in brackets (percentile bootstrap; no interval from fewer than %d repetitions); ratios "+
+		"to %s are medians of paired per-repetition ratios (runs of one repetition measured together); CPU is "+
+		"CPU-milliseconds per 1000 requests.\n\n",
 		join(variants), join(distinct(r.Runs, func(x bench.Run) string { return x.Placement })),
 		join(distinct(r.Runs, func(x bench.Run) int { return x.Connections })),
 		join(distinct(r.Runs, func(x bench.Run) string { return modeLabel(x.KeepAlive) })),
 		join(distinct(r.Runs, loadLabel)), join(distinct(r.Runs, func(x bench.Run) time.Duration { return x.Duration })),
 		join(distinct(r.Runs, func(x bench.Run) int { return x.PayloadBytes })),
-		len(distinct(r.Runs, func(x bench.Run) int { return x.Repetition })), validity(r.Runs))
+		len(distinct(r.Runs, func(x bench.Run) int { return x.Repetition })), validity(r.Runs), minCI, baseline)
 	writeEnvironment(b, r)
 }
 
@@ -300,49 +331,43 @@ func writeSection(b *strings.Builder, s *section, title, base string) {
 	fmt.Fprintf(b, "## %s, %s\n\n", s.placement, modeLabel(s.keepAlive))
 	fmt.Fprintf(b, "[![%s](%s.png)](%s.svg)\n\n[SVG](%s.svg)\n\n", title, base, base, base)
 
-	latency := func(st stat) string {
-		if st.n > 1 {
-			return fmt.Sprintf("%s (%s–%s)", num(st.med), num(st.min), num(st.max))
-		}
-		return num(st.med)
-	}
 	median := func(st stat) string { return num(st.med) }
-	head := []string{"connections"}
+	var rows [][]string
 	for _, v := range s.variants {
-		for _, p := range plotted {
-			head = append(head, fmt.Sprintf("%s %s µs", v, p))
-		}
-		head = append(head, v+" QPS")
-	}
-	writeTable(b, head, s.rows(func(c int) (row []string) {
-		for _, v := range s.variants {
+		for _, c := range s.conns {
+			row := []string{v, fmt.Sprint(c)}
 			for _, p := range plotted {
-				row = append(row, s.show(cell{v, c}, p, latency))
+				row = append(row, s.show(cell{v, c}, p, withCI))
 			}
-			row = append(row, s.show(cell{v, c}, mQPS, median))
+			qps, _ := s.lookup(cell{v, c}, mQPS)
+			rows = append(rows, append(row, s.show(cell{v, c}, mQPS, median), fmt.Sprintf("%d/%d", qps.n, s.runs[cell{v, c}])))
 		}
-		return row
-	}))
+	}
+	head := []string{"variant", "connections"}
+	for _, p := range plotted {
+		head = append(head, p+" µs [95% CI]")
+	}
+	writeTable(b, append(head, "QPS", "n valid"), rows)
 
 	if slices.Contains(s.variants, baseline) && len(s.variants) > 1 {
-		fmt.Fprintf(b, "Ratio to %s (median latency of the variant / median latency of %s):\n\n", baseline, baseline)
-		head = []string{"connections"}
+		fmt.Fprintf(b, "Ratio to %[1]s, paired: the median over repetitions of the variant's latency / %[1]s's in the "+
+			"same repetition (measured seconds apart, so drift of the machine cancels), with its 95%% CI; the "+
+			"Mann–Whitney p (unpaired) tests whether the two variants' p50s over repetitions differ:\n\n", baseline)
+		rows = nil
 		for _, v := range s.variants[1:] {
-			head = append(head, v+" p50", v+" p99")
-		}
-		writeTable(b, head, s.rows(func(c int) (row []string) {
-			for _, v := range s.variants[1:] {
-				for _, p := range []string{"p50", "p99"} {
-					row = append(row, s.ratio(cell{v, c}, cell{baseline, c}, p))
-				}
+			for _, c := range s.conns {
+				va, vb := cell{v, c}, cell{baseline, c}
+				p50, pairs := s.pairedRatio(va, vb, "p50")
+				p99, _ := s.pairedRatio(va, vb, "p99")
+				rows = append(rows, []string{v, fmt.Sprint(c), p50, p99, s.mannWhitney(va, vb, "p50"), fmt.Sprint(pairs)})
 			}
-			return row
-		}))
+		}
+		writeTable(b, []string{"variant", "connections", "p50 ratio [95% CI]", "p99 ratio [95% CI]", "Mann–Whitney p (p50)", "pairs"}, rows)
 	}
 
-	fmt.Fprintf(b, "CPU-milliseconds per 1000 requests (median over valid repetitions); mesh overhead is the "+
-		"variant's host busy time minus the baseline's at the same point:\n\n")
-	head = []string{"variant", "connections", "host busy", "mesh overhead", "host softirq"}
+	fmt.Fprintf(b, "CPU-milliseconds per 1000 requests (median over valid repetitions, host busy with its 95%% CI); "+
+		"mesh overhead is the variant's median host busy time minus the baseline's at the same point:\n\n")
+	head = []string{"variant", "connections", "host busy [95% CI]", "mesh overhead", "host softirq"}
 	for _, c := range s.components {
 		head = append(head, c)
 	}
@@ -354,10 +379,10 @@ func writeSection(b *strings.Builder, s *section, title, base string) {
 		}
 		return num(st.med - bl.med)
 	}
-	var rows [][]string
+	rows = nil
 	for _, v := range s.variants {
 		for _, c := range s.conns {
-			row := []string{v, fmt.Sprint(c), s.show(cell{v, c}, mBusy, median), overhead(v, c), s.show(cell{v, c}, mSoftirq, median)}
+			row := []string{v, fmt.Sprint(c), s.show(cell{v, c}, mBusy, withCI), overhead(v, c), s.show(cell{v, c}, mSoftirq, median)}
 			for _, comp := range s.components {
 				row = append(row, s.show(cell{v, c}, compPrefix+comp, median))
 			}
@@ -367,23 +392,64 @@ func writeSection(b *strings.Builder, s *section, title, base string) {
 	writeTable(b, head, rows)
 }
 
-// rows builds one table row per connection count, led by the count.
-func (s *section) rows(cols func(conns int) []string) [][]string {
-	var out [][]string
-	for _, c := range s.conns {
-		out = append(out, append([]string{fmt.Sprint(c)}, cols(c)...))
+// withCI formats a median with its interval, 412 [398, 431], or alone when it has none.
+func withCI(st stat) string {
+	return numCI(st.med, st.ci, st.hasCI)
+}
+
+func numCI(med float64, ci stats.Interval, ok bool) string {
+	if !ok {
+		return num(med)
 	}
+	return fmt.Sprintf("%s [%s, %s]", num(med), num(ci.Lo), num(ci.Hi))
+}
+
+// paired returns v/base of metric for every repetition where both cells were valid, sorted. Pairs
+// are what was measured together: one repetition runs every variant seconds apart.
+func (s *section) paired(v, base cell, metric string) []float64 {
+	a, _ := s.lookup(v, metric)
+	b, _ := s.lookup(base, metric)
+	var out []float64
+	for rep, x := range a.reps {
+		if y, ok := b.reps[rep]; ok && y > 0 {
+			out = append(out, x/y)
+		}
+	}
+	slices.Sort(out) // the bootstrap resamples by index: one order gives one interval
 	return out
 }
 
-// ratio is variant/baseline of a percentile's medians.
-func (s *section) ratio(v, base cell, p string) string {
-	a, amiss := s.lookup(v, p)
-	b, bmiss := s.lookup(base, p)
-	if amiss != "" || bmiss != "" || b.med == 0 {
-		return cmp.Or(amiss, bmiss, "–")
+// pairedRatio formats the median of the paired ratios with its interval, and counts the pairs.
+func (s *section) pairedRatio(v, base cell, metric string) (string, int) {
+	_, amiss := s.lookup(v, metric)
+	_, bmiss := s.lookup(base, metric)
+	if amiss != "" || bmiss != "" {
+		return cmp.Or(amiss, bmiss), 0
 	}
-	return fmt.Sprintf("%.2f", a.med/b.med)
+	rs := s.paired(v, base, metric)
+	if len(rs) == 0 {
+		return "–", 0
+	}
+	ci, ok := medianCI(rs)
+	return numCI(stats.Median(rs), ci, ok), len(rs)
+}
+
+// mannWhitney is the p-value of the two cells' metric over repetitions, unpaired; none from fewer
+// than minCI repetitions a side, where the normal approximation says nothing.
+func (s *section) mannWhitney(v, base cell, metric string) string {
+	a, amiss := s.lookup(v, metric)
+	b, bmiss := s.lookup(base, metric)
+	if amiss != "" || bmiss != "" {
+		return cmp.Or(amiss, bmiss)
+	}
+	if a.n < minCI || b.n < minCI {
+		return "–"
+	}
+	_, p, err := stats.MannWhitney(slices.Collect(maps.Values(a.reps)), slices.Collect(maps.Values(b.reps)))
+	if err != nil {
+		return "–"
+	}
+	return fmt.Sprintf("%.2g", p)
 }
 
 // writeInvalid lists every run kept out of the plots, so an exclusion is always visible.

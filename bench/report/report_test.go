@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -84,7 +85,8 @@ func render(t *testing.T, r *bench.Result) (string, []string, string) {
 	return string(md), files, dir
 }
 
-// row returns the cells of the first table row led by lead after each marker in turn.
+// row returns the cells of the first table row led by lead ("onehop | 2" for the first two cells)
+// after each marker in turn, without the lead's cells.
 func row(t *testing.T, md string, lead string, markers ...string) []string {
 	t.Helper()
 	for _, m := range markers {
@@ -97,7 +99,7 @@ func row(t *testing.T, md string, lead string, markers ...string) []string {
 	for _, line := range strings.Split(md, "\n") {
 		if strings.HasPrefix(line, "| "+lead+" |") {
 			cells := strings.Split(strings.Trim(line, "| "), " | ")
-			return cells[1:]
+			return cells[strings.Count(lead, " | ")+1:]
 		}
 	}
 	t.Fatalf("no row %q after %q", lead, markers)
@@ -135,34 +137,41 @@ func TestRenderFiles(t *testing.T) {
 func TestRenderTables(t *testing.T) {
 	md, _, _ := render(t, testResult())
 
-	// Median of 100, 110, 300 is 110 (the mean would be 170).
-	got := row(t, md, "1", "## same-node, keep-alive", "| connections |")
-	want := []string{"110 (100–300)", "220 (200–600)", "440 (400–1200)", "1000",
-		"143 (130–390)", "286 (260–780)", "858 (780–2340)", "1000"}
-	if !slices.Equal(got, want) {
-		t.Errorf("latency row = %q, want %q", got, want)
-	}
-	// The invalid repetition is left out: onehop at 2 connections has the median of 260 and 780.
-	if got := row(t, md, "2", "## same-node, keep-alive", "| connections |"); got[4] != "520 (260–780)" {
-		t.Errorf("onehop p50 at 2 connections = %q, want the median of the valid runs", got[4])
+	// Median of 100, 110, 300 is 110 (the mean would be 170); from three values the bootstrap
+	// interval of the median spans them all.
+	lat := "## same-node, keep-alive"
+	for lead, want := range map[string][]string{
+		"baseline | 1": {"110 [100, 300]", "220 [200, 600]", "440 [400, 1200]", "1000", "3/3"},
+		"onehop | 1":   {"143 [130, 390]", "286 [260, 780]", "858 [780, 2340]", "1000", "3/3"},
+		// The invalid repetition is left out: the median of 260 and 780, and no interval from two.
+		"onehop | 2": {"520", "1040", "3120", "1001", "2/3"},
+	} {
+		if got := row(t, md, lead, lat, "| variant | connections | p50 µs [95% CI] |"); !slices.Equal(got, want) {
+			t.Errorf("latency row %s = %q, want %q", lead, got, want)
+		}
 	}
 
-	// 143/110 = 1.30 for p50, 858/440 = 1.95 for p99; at 2 connections 520/220 = 2.36.
-	for lead, want := range map[string][]string{"1": {"1.30", "1.95"}, "2": {"2.36", "3.55"}} {
-		if got := row(t, md, lead, "## same-node, keep-alive", "Ratio to baseline"); !slices.Equal(got, want) {
+	// Paired: onehop is 1.3× baseline (p99 1.95×) in every repetition, so every paired ratio is
+	// exactly that, where the ratio of medians at 2 connections (520/220 = 2.36) is not. Two pairs
+	// give no interval and no Mann–Whitney p.
+	for lead, want := range map[string][]string{
+		"onehop | 1": {"1.30 [1.30, 1.30]", "1.95 [1.95, 1.95]", "0.38", "3"},
+		"onehop | 2": {"1.30", "1.95", "–", "2"},
+	} {
+		if got := row(t, md, lead, lat, "Ratio to baseline, paired"); !slices.Equal(got, want) {
 			t.Errorf("ratio row %s = %q, want %q", lead, got, want)
 		}
 	}
 
 	// CPU columns are the union of components; baseline has no proxy.
-	if !strings.Contains(md, "| variant | connections | host busy | mesh overhead | host softirq | client | proxy | server |") {
+	if !strings.Contains(md, "| variant | connections | host busy [95% CI] | mesh overhead | host softirq | client | proxy | server |") {
 		t.Error("CPU header lacks the union of components")
 	}
-	if got, want := row(t, md, "baseline", "## cross-node, keep-alive", "CPU-milliseconds"), []string{"1", "55.0", "–", "5.50", "22.0", "–", "11.0"}; !slices.Equal(got, want) {
+	if got, want := row(t, md, "baseline | 1", "## cross-node, keep-alive", "CPU-milliseconds"), []string{"55.0 [50.0, 150]", "–", "5.50", "22.0", "–", "11.0"}; !slices.Equal(got, want) {
 		t.Errorf("CPU row = %q, want %q", got, want)
 	}
 	// The mesh overhead is the variant's host busy minus the baseline's at the same point.
-	if got := row(t, md, "onehop", "## cross-node, keep-alive", "CPU-milliseconds"); len(got) < 3 || got[2] == "–" {
+	if got := row(t, md, "onehop | 1", "## cross-node, keep-alive", "CPU-milliseconds"); len(got) < 2 || got[1] == "–" {
 		t.Errorf("onehop CPU row %q has no mesh overhead", got)
 	}
 
@@ -191,10 +200,10 @@ func TestRenderAllInvalidCell(t *testing.T) {
 		}
 	}
 	md, _, _ := render(t, r)
-	if got := row(t, md, "4", "## cross-node, keep-alive", "| connections |"); !slices.Equal(got[4:], []string{"invalid", "invalid", "invalid", "invalid"}) {
+	if got := row(t, md, "onehop | 4", "## cross-node, keep-alive", "| variant | connections | p50"); !slices.Equal(got, []string{"invalid", "invalid", "invalid", "invalid", "0/3"}) {
 		t.Errorf("latency row = %q, want onehop cells invalid", got)
 	}
-	if got := row(t, md, "4", "## cross-node, keep-alive", "Ratio to baseline"); !slices.Equal(got, []string{"invalid", "invalid"}) {
+	if got := row(t, md, "onehop | 4", "## cross-node, keep-alive", "Ratio to baseline"); !slices.Equal(got, []string{"invalid", "invalid", "invalid", "0"}) {
 		t.Errorf("ratio row = %q, want invalid", got)
 	}
 }
@@ -218,9 +227,9 @@ func TestRenderMixedLoads(t *testing.T) {
 
 func TestIndex(t *testing.T) {
 	old, cur, other := testResult(), testResult(), testResult()
-	cur.StartedAt = old.StartedAt.Add(24 * time.Hour)
+	cur.StartedAt, cur.EndedAt = old.StartedAt.Add(24*time.Hour), old.EndedAt.Add(24*time.Hour)
 	cur.Environment.GitRevision, cur.Environment.GitDirty = "def456", false
-	other.Scenario.Name = "alpha"
+	other.Scenario.Name, other.Quick = "alpha", true
 	dir := t.TempDir()
 	if err := Index([]*bench.Result{cur, other, old}, dir); err != nil {
 		t.Fatal(err)
@@ -229,12 +238,21 @@ func TestIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "# Benchmark reports\n\n" +
-		"- [alpha](alpha.md) — 2025-03-01 10:00 UTC, revision abc123 (dirty), 35/36 runs valid\n" +
-		"- [latency-basic](latency-basic.md) — 2025-03-02 10:00 UTC, revision def456, 35/36 runs valid\n" +
-		"\n[Claims scorecard](claims.md): the published Kmesh claims against these results.\n"
-	if string(b) != want {
-		t.Errorf("README.md =\n%s\nwant\n%s", b, want)
+	md := string(b)
+	// The scorecard first, then one line per scenario (the newest result of each).
+	card, list := strings.Index(md, "## Claims scorecard"), strings.Index(md, "## Scenarios")
+	if !strings.HasPrefix(md, "# Benchmark reports\n\n## Claims scorecard\n\n") || card < 0 || list < card ||
+		!strings.Contains(md[card:list], "| C1 |") || !strings.Contains(md[card:list], "**Quick run**") {
+		t.Errorf("README.md does not start with the scorecard (marked quick):\n%s", md)
+	}
+	want := "## Scenarios\n\n" +
+		"- [alpha](alpha.md) — 2025-03-01 10:00 UTC, revision abc123 (dirty), 5m0s, 35/36 runs valid, quick run\n" +
+		"- [latency-basic](latency-basic.md) — 2025-03-02 10:00 UTC, revision def456, 5m0s, 35/36 runs valid\n"
+	if !strings.HasSuffix(md, want) {
+		t.Errorf("README.md ends\n%s\nwant\n%s", md[list:], want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "claims.md")); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -242,7 +260,7 @@ func TestIndex(t *testing.T) {
 // from the data, the others say which scenario to run.
 func TestScorecard(t *testing.T) {
 	r := testResult() // onehop p50 is 1.3x baseline at every point
-	r.Scenario.Name = scLatency
+	r.Scenario.Name = scMesh
 	dir := t.TempDir()
 	if err := Scorecard([]*bench.Result{r}, dir); err != nil {
 		t.Fatal(err)
@@ -258,7 +276,7 @@ func TestScorecard(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"onehop/baseline p50 1.30–", "| not reproduced |", // C2 from the data (1.3x or more)
+		"p50 onehop/baseline, keep-alive (claim: ≤ 1.05): cross-node c=1 1.300 [1.300, 1.300]", "| not reproduced |", // C2 from the data
 		"not measured: run `bin/onehop run scenarios/" + scWaypoint + ".yaml`", // C4
 		"not reproducible here", // C11
 	} {
@@ -266,4 +284,70 @@ func TestScorecard(t *testing.T) {
 			t.Errorf("claims.md lacks %q:\n%s", want, md)
 		}
 	}
+}
+
+// TestRenderPairedRatios: the machine drifts between repetitions and moves both variants alike,
+// while onehop is exactly 1.2× baseline within each repetition. The per-variant intervals are
+// wide (they carry the drift); the paired ratio is 1.20 with a narrow interval, because the drift
+// cancels within a repetition. This is why ratios are paired.
+func TestRenderPairedRatios(t *testing.T) {
+	r := testResult()
+	r.Runs = nil
+	drift := []float64{0.7, 1.3, 0.9, 1.6, 1.0, 0.8, 1.45, 1.1, 0.75, 1.25}
+	for _, v := range []string{"baseline", "onehop"} {
+		scale := map[string]float64{"baseline": 200, "onehop": 240}[v]
+		for _, c := range []int{1, 8} {
+			for rep, d := range drift {
+				p50 := scale * d
+				r.Runs = append(r.Runs, bench.Run{
+					ID: fmt.Sprintf("%s-c%d-r%d", v, c, rep), Variant: v, Placement: "same-node", Connections: c,
+					KeepAlive: true, Mode: "fixed-qps", RequestedQPS: 1000, Duration: 30 * time.Second, Repetition: rep, Valid: true,
+					Latency: bench.Latency{ActualQPS: 1000, Percentiles: map[string]float64{"p50": p50, "p90": 1.5 * p50, "p99": 3 * p50}},
+				})
+			}
+		}
+	}
+	md, _, dir := render(t, r)
+
+	ratios := row(t, md, "onehop | 8", "Ratio to baseline, paired")
+	if ratios[3] != "10" {
+		t.Errorf("pairs = %q, want 10", ratios[3])
+	}
+	for _, col := range []struct{ ratio, latency int }{{0, 0}, {1, 2}} { // p50, p99
+		if med, lo, hi := parseCI(t, ratios[col.ratio]); med != 1.2 || !(lo <= 1.2 && 1.2 <= hi) || hi-lo > 0.01 {
+			t.Errorf("paired ratio %q: want 1.20 with a narrow interval around it", ratios[col.ratio])
+		}
+		for _, v := range []string{"baseline", "onehop"} {
+			cell := row(t, md, v+" | 8", "| variant | connections | p50 µs [95% CI] |")[col.latency]
+			if med, lo, hi := parseCI(t, cell); (hi-lo)/med < 0.2 {
+				t.Errorf("%s interval %q is narrow; the drift should widen it", v, cell)
+			}
+		}
+	}
+	// The unpaired test over the same values cannot tell the variants apart.
+	if p, err := strconv.ParseFloat(ratios[2], 64); err != nil || p < 0.05 {
+		t.Errorf("Mann–Whitney p = %v (%v), want above 0.05: the drift hides the difference unpaired", p, err)
+	}
+
+	svg, err := os.ReadFile(filepath.Join(dir, "latency-basic-same-node-keepalive.svg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, title := range []string{">p50</text>", ">p90</text>", ">p99</text>"} {
+		if !bytes.Contains(svg, []byte(title)) {
+			t.Errorf("SVG lacks the panel title %q", title)
+		}
+	}
+	if png, err := os.Stat(filepath.Join(dir, "latency-basic-same-node-keepalive.png")); err != nil || png.Size() == 0 {
+		t.Errorf("PNG not written: %v", err)
+	}
+}
+
+// parseCI reads "412 [398, 431]".
+func parseCI(t *testing.T, s string) (med, lo, hi float64) {
+	t.Helper()
+	if _, err := fmt.Sscanf(s, "%g [%g, %g]", &med, &lo, &hi); err != nil {
+		t.Fatalf("%q is not a median with an interval: %v", s, err)
+	}
+	return med, lo, hi
 }

@@ -128,12 +128,23 @@ func p99Cell(sv bench.Survival) string {
 
 // writeTitle makes outDir and starts a report with the scenario's name and description.
 func writeTitle(b *strings.Builder, r *bench.Result, outDir string) error {
+	writeName(b, r)
+	return os.MkdirAll(outDir, 0o755)
+}
+
+// writeName starts a report: the scenario, what it is, and whether it was a quick run.
+func writeName(b *strings.Builder, r *bench.Result) {
 	fmt.Fprintf(b, "# %s\n\n", r.Scenario.Name)
 	if r.Scenario.Description != "" {
 		fmt.Fprintf(b, "%s\n\n", r.Scenario.Description)
 	}
-	return os.MkdirAll(outDir, 0o755)
+	if r.Quick {
+		b.WriteString(quickBanner + "\n\n")
+	}
 }
+
+const quickBanner = "> **Quick run** (`make bench-quick`): a first look with 3 repetitions of 1 s. Too few and too short to " +
+	"conclude from; `make bench-all` gives the figures to rely on."
 
 func viaCell(sv bench.Survival) string {
 	switch {

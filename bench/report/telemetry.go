@@ -2,7 +2,6 @@ package report
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/onehop-mesh/onehop/bench"
@@ -47,31 +46,6 @@ func yesNo(v bool) string {
 	return "no"
 }
 
-// pairedRatios returns, per repetition, variant a's host CPU per 1000 requests over b's, for
-// runs that were measured seconds apart with the same settings (the plan interleaves them).
-func pairedRatios(r *bench.Result, a, b string, keepAlive bool) []float64 {
-	type key struct {
-		placement string
-		conns     int
-		rep       int
-	}
-	cpu := map[string]map[key]float64{a: {}, b: {}}
-	for _, run := range r.Runs {
-		if run.KeepAlive != keepAlive || !run.Valid || cpu[run.Variant] == nil {
-			continue
-		}
-		cpu[run.Variant][key{run.Placement, run.Connections, run.Repetition}] = run.CPUPer1k.HostBusyMS
-	}
-	var out []float64
-	for k, va := range cpu[a] {
-		if vb := cpu[b][k]; vb > 0 {
-			out = append(out, va/vb)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
 // hostCPU lists a variant's host CPU per 1000 requests over its valid runs of one keep-alive mode.
 func hostCPU(r *bench.Result, variant string, keepAlive bool) []float64 {
 	var out []float64
@@ -83,58 +57,36 @@ func hostCPU(r *bench.Result, variant string, keepAlive bool) []float64 {
 	return out
 }
 
-// telemetryCost is claim C7's measurement: whole-host CPU with telemetry on over off, the
-// median of the paired per-repetition ratios with its 95% bootstrap interval, keep-alive and a
-// new connection per request. The verdict is read from the intervals, against 5% fixed here:
-// reproduced if every interval lies at or under 1.05, partly if every median does, not
-// reproduced if an interval lies wholly above, inconclusive otherwise.
+// telemetryCost is claim C7's measurement: whole-host CPU with telemetry on over off, paired per
+// repetition, keep-alive and a new connection per request, judged against 5%.
 func telemetryCost(rs map[string]*bench.Result) (string, string) {
 	r := rs[scTelemetry]
 	if r == nil {
 		return missing(scTelemetry)
 	}
-	const limit = 1.05
 	var parts []string
-	allCI, allMedian, anyAbove, n := true, true, false, 0
+	var all []pointEstimate
 	for _, ka := range []bool{true, false} {
-		on := pairedRatios(r, "onehop", "onehop-telemetry-off", ka)
-		if len(on) < 2 {
+		on := pairedEstimates(r, ka, hostBusy, ratio, "onehop", "onehop-telemetry-off")
+		if len(on) == 0 {
 			continue
 		}
-		e, err := stats.MedianCI(on, 0.95)
-		if err != nil {
-			continue
-		}
-		n++
-		allCI = allCI && e.CI.Hi <= limit
-		allMedian = allMedian && e.Median <= limit
-		anyAbove = anyAbove || e.CI.Lo > limit
-		part := fmt.Sprintf("%s: metrics on/off %s (%d paired runs", modeLabel(ka), e, e.N)
+		all = append(all, on...)
+		part := fmt.Sprintf("%s: metrics on/off %s", modeLabel(ka), describePoints(on, "%.3f"))
 		if _, p, err := stats.MannWhitney(hostCPU(r, "onehop", ka), hostCPU(r, "onehop-telemetry-off", ka)); err == nil {
-			part += fmt.Sprintf(", Mann-Whitney p = %.2g", p)
+			part += fmt.Sprintf(" (Mann-Whitney p = %.2g)", p)
 		}
-		part += ")"
-		if logged := pairedRatios(r, "onehop-access-log", "onehop-telemetry-off", ka); len(logged) >= 2 {
-			if le, err := stats.MedianCI(logged, 0.95); err == nil {
-				part += fmt.Sprintf(", with access log %s", le)
-			}
+		if logged := pairedEstimates(r, ka, hostBusy, ratio, "onehop-access-log", "onehop-telemetry-off"); len(logged) > 0 {
+			part += ", with access log " + describePoints(logged, "%.3f")
 		}
 		parts = append(parts, part)
 	}
-	if n == 0 {
+	if len(all) == 0 {
 		return missing(scTelemetry)
 	}
-	measured := "whole-host CPU per 1000 requests at 1000 QPS, median of per-repetition ratios [95% bootstrap interval]: " + strings.Join(parts, "; ")
+	measured := "whole-host CPU per 1000 requests at 1000 QPS (claim: ≤ 1.05): " + strings.Join(parts, "; ") + pairedNote(all)
 	if t := r.Telemetry; t != nil {
 		measured += fmt.Sprintf("; reports every 5 s, long connections one by one; Prometheus counts agree with fortio: %s", yesNo(t.Agree))
 	}
-	switch {
-	case allCI:
-		return measured, "reproduced"
-	case anyAbove:
-		return measured, "not reproduced"
-	case allMedian:
-		return measured, "partly (the medians are under 5%, the intervals reach above)"
-	}
-	return measured, "inconclusive (the intervals are too wide to say)"
+	return measured, verdict(all, atMost(1.05))
 }

@@ -35,7 +35,7 @@ func TestTelemetryCostVerdicts(t *testing.T) {
 		{1.06, 0.06, "inconclusive"},
 	} {
 		measured, verdict := telemetryCost(map[string]*bench.Result{scTelemetry: costResult(c.ratio, c.spread)})
-		if !strings.HasPrefix(verdict, c.want) || !strings.Contains(measured, "10 paired runs, Mann-Whitney p = ") {
+		if !strings.HasPrefix(verdict, c.want) || !strings.Contains(measured, "(Mann-Whitney p = ") {
 			t.Errorf("ratio %.2f +- %.2f: %q, %q; want %s", c.ratio, c.spread, measured, verdict, c.want)
 		}
 	}
