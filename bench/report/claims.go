@@ -124,11 +124,18 @@ func notYet(why string) func(map[string]*bench.Result) (string, string) {
 }
 
 func missing(scenario string) (string, string) {
-	return "–", fmt.Sprintf("not measured: run `bin/onehop run scenarios/%s.yaml`", scenario)
+	return "–", fmt.Sprintf("not measured: run `bin/onehop run scenarios/%s.yaml` (a point needs 3 or more valid repetitions of every variant it compares)", scenario)
 }
+
+// minReps is the fewest repetitions per point a verdict is given from (issue 11: fewer leave
+// intervals that mean little, a bootstrap of 3 values is their range).
+const minReps = 10
 
 // verdict is judge's verdict with what it rests on.
 func verdict(pts []pointEstimate, g region) string {
+	if n := reps(pts); n < minReps {
+		return fmt.Sprintf("%s (%d repetitions per point; a verdict needs %d: rerun with `make bench-all`)", vInconclusive, n, minReps)
+	}
 	v := judge(pts, g)
 	switch v {
 	case vPartly:
