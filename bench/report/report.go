@@ -238,8 +238,8 @@ func aggregate(runs []bench.Run) map[string]stat {
 	return out
 }
 
-// medianCI is stats.MedianCI's 95% interval of vs (sorted: the bootstrap draws by index, so one
-// order gives one interval), none from fewer than minCI values.
+// medianCI is stats.MedianCI's 95% interval of vs (the same in any order), none from fewer than
+// minCI values.
 func medianCI(vs []float64) (stats.Interval, bool) {
 	if len(vs) < minCI {
 		return stats.Interval{}, false
@@ -404,7 +404,7 @@ func numCI(med float64, ci stats.Interval, ok bool) string {
 	return fmt.Sprintf("%s [%s, %s]", num(med), num(ci.Lo), num(ci.Hi))
 }
 
-// paired returns v/base of metric for every repetition where both cells were valid, sorted. Pairs
+// paired returns v/base of metric for every repetition where both cells were valid. Pairs
 // are what was measured together: one repetition runs every variant seconds apart.
 func (s *section) paired(v, base cell, metric string) []float64 {
 	a, _ := s.lookup(v, metric)
@@ -415,7 +415,6 @@ func (s *section) paired(v, base cell, metric string) []float64 {
 			out = append(out, x/y)
 		}
 	}
-	slices.Sort(out) // the bootstrap resamples by index: one order gives one interval
 	return out
 }
 
