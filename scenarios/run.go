@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -89,23 +90,40 @@ type plannedRun struct {
 
 // plan orders runs so that variants alternate innermost: every variant is measured within
 // seconds of the others at the same settings, which keeps drift on a shared machine out of the
-// comparison. The variants' order rotates with each repetition, so that none always runs first
-// (a run right after another one measures a few percent differently on this kind of machine).
+// comparison. A run's position measures a few percent differently on this kind of machine (in
+// 160 A/A gate pairs, the p99 of whichever onehop build ran first was ~5% higher), so the order
+// rotates with each repetition and every other cycle of n rotations runs reversed: over 2n
+// repetitions each variant runs before each other one exactly n times. Rotation alone put one
+// variant before the next in 2 of 3 repetitions.
 func (s *Scenario) plan() []plannedRun {
 	var out []plannedRun
-	n := len(s.Variants)
 	for rep := 1; rep <= s.Load.Repetitions; rep++ {
+		order := repOrder(s.Variants, rep)
 		for _, ka := range s.Load.KeepAlive {
 			for _, c := range s.Load.Connections {
 				for _, pl := range s.Placements {
-					for i := range s.Variants {
-						out = append(out, plannedRun{s.Variants[(i+rep-1)%n], pl, c, ka, rep})
+					for _, v := range order {
+						out = append(out, plannedRun{v, pl, c, ka, rep})
 					}
 				}
 			}
 		}
 	}
 	return out
+}
+
+// repOrder is the variants' order in repetition rep (from 1): rotated by rep-1, and reversed in
+// every other cycle of len(variants) repetitions.
+func repOrder(variants []string, rep int) []string {
+	n := len(variants)
+	order := make([]string, n)
+	for i := range variants {
+		order[i] = variants[(i+rep-1)%n]
+	}
+	if ((rep-1)/n)%2 == 1 {
+		slices.Reverse(order)
+	}
+	return order
 }
 
 func (r *Runner) say(format string, a ...any) {

@@ -241,3 +241,37 @@ func TestPlanRotatesVariantOrder(t *testing.T) {
 		t.Errorf("plan = %v, want %v", order, want)
 	}
 }
+
+// Over 2n repetitions every variant runs before every other one exactly n times, and first
+// exactly twice: rotation alone would put A before B in 2 of 3 repetitions.
+func TestPlanBalancesVariantOrder(t *testing.T) {
+	s, err := scenarios.Parse("t", []byte("name: t\nvariants: [baseline, onehop, sidecar]\nplacements: [same-node]\nload: {connections: [1], repetitions: 6}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := scenarios.Plan(s)
+	before := map[[2]string]int{}
+	first := map[string]int{}
+	for rep := 0; rep < 6; rep++ {
+		var names []string
+		for _, run := range order[rep*3 : rep*3+3] {
+			names = append(names, strings.SplitN(run, "/", 2)[0])
+		}
+		first[names[0]]++
+		for i := range names {
+			for j := i + 1; j < len(names); j++ {
+				before[[2]string{names[i], names[j]}]++
+			}
+		}
+	}
+	for _, a := range s.Variants {
+		if first[a] != 2 {
+			t.Errorf("%s runs first in %d of 6 repetitions, want 2 (order %v)", a, first[a], order)
+		}
+		for _, b := range s.Variants {
+			if a != b && before[[2]string{a, b}] != 3 {
+				t.Errorf("%s runs before %s in %d of 6 repetitions, want 3 (order %v)", a, b, before[[2]string{a, b}], order)
+			}
+		}
+	}
+}
