@@ -24,6 +24,7 @@ import (
 	"github.com/onehop-mesh/onehop/clusters/controlplane"
 	"github.com/onehop-mesh/onehop/dataplane/agent"
 	"github.com/onehop-mesh/onehop/dataplane/telemetry"
+	"github.com/onehop-mesh/onehop/deploy/image"
 )
 
 // DataplaneModeLabel is the namespace label that enrolls pods, as in Istio ambient and Kmesh.
@@ -57,6 +58,11 @@ type Onehop struct {
 	Instance string
 	// PortOffset moves the instance's xDS and metrics ports off the default deployment's.
 	PortOffset int
+	// Runtime, when set, runs each node's agent as a container of the agent image
+	// (deploy/image) instead of a process of AgentBinary, as a hostNetwork DaemonSet pod would:
+	// the same command line, in the node's network namespace, with the node's cgroup, the lab's
+	// runtime directory (sockets, bpffs pins) and /run/netns mounted at their own paths.
+	Runtime ContainerRuntime
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -152,6 +158,9 @@ func (o *Onehop) xdsMode() string {
 }
 
 func (o *Onehop) agentBinary() (string, error) {
+	if o.Runtime != nil {
+		return image.Entrypoint, nil
+	}
 	if o.AgentBinary != "" {
 		return o.AgentBinary, nil
 	}
@@ -175,6 +184,9 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 	h, ok := c.(clusters.NodeHost)
 	if !ok {
 		return fmt.Errorf("onehop: the %s provider does not run its own nodes; deploy the agent DaemonSet from dataplane/deploy instead", c.Provider())
+	}
+	if _, ok := h.(nodeNetns); o.Runtime != nil && !ok {
+		return fmt.Errorf("onehop: the %s provider does not say where its nodes' network namespaces are: cannot run agents in containers", c.Provider())
 	}
 	bin, err := o.agentBinary()
 	if err != nil {
@@ -213,7 +225,10 @@ func (o *Onehop) Install(ctx context.Context, c clusters.Cluster) (err error) {
 			o.argv[node] = append(o.argv[node], "--node-ip", ips[0].String())
 		}
 		o.argv[node] = append(append(o.argv[node], "--xds-mode", o.xdsMode()), o.AgentArgs...)
-		p, err := h.StartOnNode(ctx, node, clusters.Command{Name: "onehop-agent", Argv: o.argv[node], Detach: true})
+		if o.Runtime != nil {
+			o.Runtime.Remove(ctx, o.containerID(node)) // one left by a killed run would hold the name
+		}
+		p, err := o.startAgent(ctx, h, node)
 		if err != nil {
 			return fmt.Errorf("onehop: start agent on %s: %w", node, err)
 		}
@@ -306,8 +321,16 @@ func (o *Onehop) Uninstall(ctx context.Context, c clusters.Cluster) error {
 	err := o.stop()
 	if h, ok := c.(clusters.NodeHost); ok {
 		for node, argv := range o.argv {
-			if out, uerr := h.RunOnNode(ctx, node, nil, argv[0], "--uninstall", "--bpffs", o.bpfDir(h, node), "--cgroup", h.NodeCgroup(node)); uerr != nil {
+			uargv, id := []string{argv[0], "--uninstall", "--bpffs", o.bpfDir(h, node), "--cgroup", h.NodeCgroup(node)}, ""
+			if o.Runtime != nil { // the image uninstalls, as a chart's pre-delete hook would
+				id = o.containerID(node) + "-uninstall"
+				uargv = o.Runtime.RunArgv(o.container(h, node, id, uargv))
+			}
+			if out, uerr := h.RunOnNode(ctx, node, nil, uargv...); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("onehop: uninstall on %s: %w: %s", node, uerr, out))
+			}
+			if id != "" {
+				err = errors.Join(err, o.Runtime.Remove(ctx, id))
 			}
 		}
 	}
@@ -318,8 +341,15 @@ func (o *Onehop) Uninstall(ctx context.Context, c clusters.Cluster) error {
 func (o *Onehop) stop() error {
 	var errs []error
 	for node, p := range o.agents {
+		// A container's ctr forwards the SIGTERM to the agent; if it has to be killed, the
+		// container is left, and Remove kills it.
 		if err := p.Stop(10 * time.Second); err != nil {
 			errs = append(errs, fmt.Errorf("agent on %s: %w", node, err))
+		}
+		if o.Runtime != nil {
+			if err := o.Runtime.Remove(context.Background(), o.containerID(node)); err != nil {
+				errs = append(errs, fmt.Errorf("agent container on %s: %w", node, err))
+			}
 		}
 	}
 	o.agents = nil
@@ -382,15 +412,22 @@ func (o *Onehop) Restart(ctx context.Context, c clusters.Cluster, node string, s
 		return RestartEvent{}, fmt.Errorf("onehop: no agent runs on node %q", node)
 	}
 	ev := RestartEvent{Node: node, Signal: unix.SignalName(sig), StoppedAt: time.Now()}
-	old.Process.Signal(sig)
+	if o.Runtime != nil { // the container's process gets the signal, as from a kubelet
+		o.Runtime.Kill(ctx, o.containerID(node), sig)
+	} else {
+		old.Process.Signal(sig)
+	}
 	select {
 	case <-old.Exited:
 	case <-time.After(10 * time.Second):
 		old.Process.Kill()
 		<-old.Exited
+		if o.Runtime != nil {
+			o.Runtime.Remove(ctx, o.containerID(node))
+		}
 		return ev, fmt.Errorf("onehop: agent on %s did not exit within 10s of %s; log %s:\n%s", node, ev.Signal, old.LogPath, old.LogTail(2000))
 	}
-	p, err := h.StartOnNode(ctx, node, clusters.Command{Name: "onehop-agent", Argv: o.argv[node], Detach: true})
+	p, err := o.startAgent(ctx, h, node)
 	if err != nil {
 		delete(o.agents, node)
 		return ev, fmt.Errorf("onehop: restart agent on %s: %w", node, err)
@@ -402,7 +439,48 @@ func (o *Onehop) Restart(ctx context.Context, c clusters.Cluster, node string, s
 	ev.ReadyAt = time.Now()
 	ev.ReadyMS = float64(ev.ReadyAt.Sub(ev.StoppedAt).Microseconds()) / 1000
 	ev.Daemon = fmt.Sprintf("onehop-agent (pid %d -> %d)", old.Process.Pid, p.Process.Pid)
+	if o.Runtime != nil {
+		ev.Daemon = fmt.Sprintf("onehop-agent container %s (ctr pid %d -> %d)", o.containerID(node), old.Process.Pid, p.Process.Pid)
+	}
 	return ev, nil
+}
+
+// ContainerRuntime runs node agents as containers (deploy/image.Containerd: a containerd of the
+// lab's own with Debian's runc).
+type ContainerRuntime interface {
+	// RunArgv is the command that runs a container in the foreground: it forwards signals to
+	// the container's process, exits with it and removes the container.
+	RunArgv(image.Container) []string
+	// Kill sends sig to a container's process.
+	Kill(ctx context.Context, id string, sig syscall.Signal) error
+	// Remove kills and deletes a container, if there is one.
+	Remove(ctx context.Context, id string) error
+}
+
+// nodeNetns is a NodeHost that says where a node's network namespace is (the netns lab).
+type nodeNetns interface{ NodeNetnsPath(node string) string }
+
+// startAgent starts the node's agent with its command line: a process, or a container whose
+// ctr client is the process the lab watches (it exits when the agent does).
+func (o *Onehop) startAgent(ctx context.Context, h clusters.NodeHost, node string) (*clusters.Process, error) {
+	argv := o.argv[node]
+	if o.Runtime != nil {
+		argv = o.Runtime.RunArgv(o.container(h, node, o.containerID(node), argv))
+	}
+	return h.StartOnNode(ctx, node, clusters.Command{Name: "onehop-agent", Argv: argv, Detach: true})
+}
+
+func (o *Onehop) containerID(node string) string { return o.Name() + "-agent-" + node }
+
+// container is the agent's container on node: what a DaemonSet pod with hostNetwork and
+// hostPath mounts of the cgroup, the bpffs and the netns directory gets. Its cgroup is a child
+// of the one StartOnNode gives "onehop-agent" processes (clusters/netns: daemon-<name> under
+// the node), so the lab's CPU accounting counts the agent as before, and its counter survives
+// restarts (runc removes the child with each container).
+func (o *Onehop) container(h clusters.NodeHost, node, id string, argv []string) image.Container {
+	return image.Container{ID: id, Args: argv, Netns: h.(nodeNetns).NodeNetnsPath(node),
+		Cgroup: filepath.Join(h.NodeCgroup(node), "daemon-onehop-agent", id),
+		Binds:  []string{h.RuntimeDir(), h.NodeCgroup(node), filepath.Dir(h.NetnsPath("any"))}}
 }
 
 // waitReady polls the agent's /readyz until it has programmed its first config.
