@@ -7,9 +7,10 @@ BIN   := bin/onehop
 # file-or-command:package pairs; a package is installed when its command (or file) is missing.
 DEPS  := ip:iproute2 iptables-restore:iptables ip6tables-restore:iptables sysctl:procps ps:procps nsenter:util-linux \
          clang:clang llvm-strip:llvm bpftool:bpftool /usr/include/bpf/bpf_helpers.h:libbpf-dev \
-         curl:curl haproxy:haproxy prometheus:prometheus
+         curl:curl haproxy:haproxy prometheus:prometheus \
+         containerd:containerd ctr:containerd runc:runc skopeo:skopeo
 
-.PHONY: all deps build generate doctor test test-istiod lint bench-all bench-quick bench-latency bench-scale bench-datapath gate report
+.PHONY: all deps build image generate doctor test test-istiod lint bench-all bench-quick bench-latency bench-scale bench-datapath gate report kube-bins
 
 all: build
 
@@ -27,6 +28,14 @@ deps:
 
 build:
 	$(GO) build -o bin/ ./cmd/onehop ./cmd/onehop-agent
+
+# The agent's container image, without a Docker daemon or registry: a static onehop-agent on an
+# empty base, as a docker-archive tarball (docker/podman load, ctr images import, kind load
+# image-archive). Prints its digest; the same source gives the same digest. IMAGE_TAG overrides
+# the tag (default: git describe).
+IMAGE_OUT ?= bin/onehop-agent-image.tar
+image: build
+	$(BIN) image --out $(IMAGE_OUT) $(if $(IMAGE_TAG),--tag $(IMAGE_TAG))
 
 # Regenerate the BPF objects and their Go bindings, and the workload API's Go types from its
 # .proto (all committed, so plain builds need neither clang nor protoc).
@@ -47,9 +56,15 @@ lint:
 	$(GO) vet ./...
 	cd $(INTEROP) && $(GO) vet ./...
 
+# The Kubernetes tests' programs, built once into ~/.cache/onehop (or $ONEHOP_KUBE_CACHE) from the
+# Go module proxy: kube-apiserver and etcd (internal/kubetest) and helm (deploy/chart). Tests build
+# them on first use; this does it ahead (a cold build takes about 10 minutes on 2 cores).
+kube-bins:
+	$(GO) run ./internal/kubetest/cmd/kube-bins
+
 # Tests use real namespaces, sockets, processes and BPF: root is required (CI is root).
 # The interop tests run the real agent against istiod's own config and xDS generators.
-test: doctor lint
+test: doctor lint kube-bins
 	ONEHOP_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 20m ./...
 	cd $(INTEROP) && ONEHOP_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 20m ./...
 

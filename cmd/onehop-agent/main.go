@@ -46,6 +46,7 @@ type config struct {
 	id                                                                            xds.Identity
 	fetchTimeout                                                                  time.Duration
 	telemetry                                                                     telemetryConfig
+	kube                                                                          kubeConfig
 }
 
 // telemetryConfig is how connections are reported (see dataplane/telemetry).
@@ -126,6 +127,16 @@ func parseFlags(args []string) (config, error) {
 			}
 		}
 	}
+	kubeOn, _ := strconv.ParseBool(envOr("false", "ONEHOP_KUBERNETES"))
+	fs.BoolVar(&c.kube.on, "kubernetes", kubeOn,
+		"Kubernetes mode: watch this node's pods (--node-id is the node's name) and enroll those of namespaces or pods labelled istio.io/dataplane-mode=onehop [ONEHOP_KUBERNETES]")
+	fs.StringVar(&c.kube.kubeconfig, "kubeconfig", envOr("", "KUBECONFIG"),
+		"Kubernetes mode: the API server's kubeconfig; empty: the pod's in-cluster config (service account) [KUBECONFIG]")
+	fs.StringVar(&c.kube.procRoot, "proc", envOr("/proc", "ONEHOP_PROC"),
+		"Kubernetes mode: the host's /proc, where pods' processes and network namespaces are found (hostPID, or the host's /proc mounted here) [ONEHOP_PROC]")
+	uod, _ := strconv.ParseBool(envOr("false", "ONEHOP_UNINSTALL_ON_DELETE"))
+	fs.BoolVar(&c.kube.uninstallOnDelete, "uninstall-on-delete", uod,
+		"Kubernetes mode: when stopping, if the agent's own DaemonSet (owner of POD_NAME) is deleted or being deleted, remove the node's programs and pins as --uninstall does; on a restart or rolling update they stay [ONEHOP_UNINSTALL_ON_DELETE]")
 	memLimit := fs.String("memory-limit", envOr(defaultMemoryLimit, "ONEHOP_MEMORY_LIMIT"),
 		"soft limit of the agent's Go memory, e.g. 75MiB or 1GiB; 0 disables; GOMEMLIMIT, when set, wins [ONEHOP_MEMORY_LIMIT]")
 	if err := fs.Parse(args); err != nil {
@@ -156,6 +167,14 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.uninstall {
 		return c, nil
+	}
+	if c.kube.uninstallOnDelete && !c.kube.on {
+		return c, errors.New("--uninstall-on-delete needs --kubernetes: only there does the agent have a DaemonSet whose deletion it can see")
+	}
+	if c.kube.on && c.telemetry.stateFile == "" {
+		// Without it a restarted agent could not tell its enrollments from the admin API's, and
+		// would never unenroll a pod whose label was removed while it was down.
+		return c, errors.New("--kubernetes needs --state-file (or an --admin-socket, which names the default one)")
 	}
 	if c.nodeID == "" {
 		return c, errors.New("--node-id is required (the node's name, as the control plane knows it)")
@@ -254,13 +273,23 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, cfg, log); err != nil {
+	uninstallNow, err := run(ctx, cfg, log)
+	if err != nil {
 		log.Error("exiting", "err", err)
 		os.Exit(1)
 	}
+	if uninstallNow {
+		// After run: its programs and maps are closed, so the pins are the last references.
+		if err := uninstall(cfg, log); err != nil {
+			log.Error("uninstall on delete", "err", err)
+			os.Exit(1)
+		}
+	}
 }
 
-func run(ctx context.Context, cfg config, log *slog.Logger) error {
+// run serves until ctx is done. uninstallNow asks for --uninstall once everything is closed
+// (Kubernetes mode, its DaemonSet deleted).
+func run(ctx context.Context, cfg config, log *slog.Logger) (uninstallNow bool, err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// How long programming a translated config into the maps takes (the diff apply).
@@ -270,7 +299,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	reg.MustRegister(applySeconds)
 	dpm, err := datapath.NewMetrics(reg)
 	if err != nil {
-		return err
+		return false, err
 	}
 	opts := datapath.Options{Metrics: dpm, NoConnTracking: !cfg.trackConns, PinDir: cfg.bpffs,
 		EventBytes: int(cfg.telemetry.eventBuffer), ReportPeriod: cfg.telemetry.period}
@@ -282,12 +311,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		dp, err = datapath.Load(opts)
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer dp.Close()
 	logAdopted(log, opts.PinDir, dp.Adopted())
 	if err := dp.Attach(cfg.cgroup); err != nil {
-		return err
+		return false, err
 	}
 	log.Info("programs attached", "cgroup", cfg.cgroup, "pinned", opts.PinDir != "")
 
@@ -347,7 +376,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	dirs = append(dirs, programmed)
 	tel, err := startTelemetry(ctx, cfg.telemetry, dp, reg, pods, dirs, log)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer tel.close()
 	srv := &agent.Server{Enroller: dp.Enrollment, Ready: follow.Ready, Healthy: func() error { return nil }, Registry: reg, Log: log,
@@ -359,6 +388,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	} else if n > 0 {
 		log.Info("restored the previous agent's enrollments", "pods", n, "file", cfg.telemetry.stateFile)
 	}
+	var km *kubeMode
+	if cfg.kube.on {
+		// After Restore: the controller's first pass starts from the enrollments kept.
+		if km, err = startKubernetes(ctx, cfg, srv, log); err != nil {
+			return false, err
+		}
+		srv.Ready = func() bool { return follow.Ready() && km.ready() }
+	}
 	var servers []*http.Server
 	serve := func(l net.Listener) {
 		s := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
@@ -369,7 +406,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		os.Remove(cfg.adminSocket)
 		l, err := net.Listen("unix", cfg.adminSocket)
 		if err != nil {
-			return fmt.Errorf("admin socket %s: %w", cfg.adminSocket, err)
+			return false, fmt.Errorf("admin socket %s: %w", cfg.adminSocket, err)
 		}
 		defer os.Remove(cfg.adminSocket)
 		serve(l)
@@ -377,7 +414,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if cfg.pprofAddr != "" {
 		l, err := net.Listen("tcp", cfg.pprofAddr)
 		if err != nil {
-			return fmt.Errorf("pprof address %s: %w", cfg.pprofAddr, err)
+			return false, fmt.Errorf("pprof address %s: %w", cfg.pprofAddr, err)
 		}
 		// Its own server: the profiling handlers stay off the metrics and admin endpoints.
 		mux := http.NewServeMux()
@@ -392,7 +429,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if cfg.metricsAddr != "" {
 		l, err := net.Listen("tcp", cfg.metricsAddr)
 		if err != nil {
-			return fmt.Errorf("metrics address %s: %w", cfg.metricsAddr, err)
+			return false, fmt.Errorf("metrics address %s: %w", cfg.metricsAddr, err)
 		}
 		serve(l)
 	}
@@ -402,14 +439,18 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		s.Close()
 	}
 	if ctx.Err() != nil { // stopped by a signal (Run returns nil or context.Canceled)
+		if km != nil && km.deletion != nil && opts.PinDir != "" && km.deletion.Deleting(context.Background()) {
+			log.Info("stopping: the agent's DaemonSet is deleted, so the node's programs and pins are removed (uninstall on delete)", "bpffs", opts.PinDir)
+			return true, nil
+		}
 		if opts.PinDir != "" {
 			log.Info("stopping: programs stay attached and pinned, balancing with the last config until the next agent adopts them; --uninstall removes them", "bpffs", opts.PinDir)
 		} else {
 			log.Info("stopping: programs are detached with the agent (nothing pinned)")
 		}
-		return nil
+		return false, nil
 	}
-	return err
+	return false, err
 }
 
 // follower follows a control plane and programs what it serves.

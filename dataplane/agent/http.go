@@ -70,6 +70,9 @@ type Enrollment struct {
 	Options datapath.NetnsOptions `json:"options"`
 	Pod     *telemetry.Workload   `json:"pod,omitempty"`
 	PodIPs  []netip.Addr          `json:"pod_ips,omitempty"`
+	// Owner is who enrolled it when that was not the admin API: Kubernetes mode marks its own
+	// (dataplane/kube), so that after a restart it knows which enrollments to re-check.
+	Owner string `json:"owner,omitempty"`
 }
 
 // Client talks HTTP to an agent over its admin unix socket (the host part of URLs is ignored).
@@ -168,33 +171,57 @@ func (s *Server) enroll(on bool) http.HandlerFunc {
 		if req.AccessLog != nil {
 			e.Options.AccessLog = *req.AccessLog
 		}
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.enrolled == nil {
-			s.enrolled = map[string]Enrollment{}
-		}
-		if on {
-			err = s.Enroller.Enroll(cookie, e.Options)
-			if err == nil {
-				s.enrolled[req.Netns] = e
-			}
-		} else {
-			err = s.Enroller.Unenroll(cookie)
-			delete(s.enrolled, req.Netns)
-		}
-		if err != nil {
-			http.Error(w, fmt.Sprintf("netns %s (cookie %d): %v", req.Netns, cookie, err), http.StatusInternalServerError)
+		if err := s.Apply(e, on); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		if s.OnEnroll != nil {
-			s.OnEnroll(e, on)
-		}
-		if err := s.save(); err != nil {
-			s.Log.Warn("enrollment state not saved: a restarted agent will not know this pod's metadata", "file", s.StateFile, "err", err)
-		}
-		s.Log.Info("enrollment", "netns", req.Netns, "cookie", cookie, "enrolled", on, "telemetry", e.Options.Telemetry, "access_log", e.Options.AccessLog)
 		fmt.Fprintf(w, "%d\n", cookie)
 	}
+}
+
+// Apply enrolls (on) or unenrolls e as POST and DELETE /enroll do (the kernel's map, OnEnroll,
+// the state file), for callers inside the agent (Kubernetes mode). It takes e.Cookie as it is
+// rather than resolving e.Netns again: a deleted pod's namespace path no longer resolves, and
+// what the kernel holds is the cookie. Enrollments are kept by e.Netns.
+func (s *Server) Apply(e Enrollment, on bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.enrolled == nil {
+		s.enrolled = map[string]Enrollment{}
+	}
+	var err error
+	if on {
+		err = s.Enroller.Enroll(e.Cookie, e.Options)
+		if err == nil {
+			s.enrolled[e.Netns] = e
+		}
+	} else {
+		err = s.Enroller.Unenroll(e.Cookie)
+		delete(s.enrolled, e.Netns)
+	}
+	if err != nil {
+		return fmt.Errorf("netns %s (cookie %d): %w", e.Netns, e.Cookie, err)
+	}
+	if s.OnEnroll != nil {
+		s.OnEnroll(e, on)
+	}
+	if err := s.save(); err != nil {
+		s.Log.Warn("enrollment state not saved: a restarted agent will not know this pod's metadata", "file", s.StateFile, "err", err)
+	}
+	s.Log.Info("enrollment", "netns", e.Netns, "cookie", e.Cookie, "enrolled", on, "telemetry", e.Options.Telemetry, "access_log", e.Options.AccessLog, "owner", e.Owner)
+	return nil
+}
+
+// Enrollments returns a copy of the enrollments, sorted by netns path.
+func (s *Server) Enrollments() []Enrollment {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	list := make([]Enrollment, 0, len(s.enrolled))
+	for _, e := range s.enrolled {
+		list = append(list, e)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].Netns < list[j].Netns })
+	return list
 }
 
 // save writes the enrollments to StateFile (whole, by rename). Called with s.mu held.
