@@ -21,11 +21,11 @@ import (
 
 // runRestart runs a restart-mid-traffic scenario: one variant after the other (their daemons
 // share the nodes), each with its own prober and its own restarts.
-func (r *Runner) runRestart(ctx context.Context, c clusters.Cluster, s *Scenario, res *bench.Result) error {
+func (r *Runner) runRestart(ctx context.Context, c clusters.Cluster, s *Scenario, deps deployed, res *bench.Result) error {
 	for i, name := range s.Variants {
 		r.say("[%d/%d] %s: %d restarts of its daemon on %s, %v apart, signals %v", i+1, len(s.Variants), name,
 			s.Restart.Restarts, s.Restart.Node, s.Restart.Interval.D(), s.Restart.Signals)
-		sv, err := r.survive(ctx, c, s, name)
+		sv, err := r.survive(ctx, c, s, deps[name], name)
 		if err != nil {
 			return err
 		}
@@ -42,9 +42,12 @@ func (r *Runner) runRestart(ctx context.Context, c clusters.Cluster, s *Scenario
 
 // survive probes one variant's service through its restarts. Errors of the variant (a daemon
 // that does not come back) are recorded in the result; only a broken lab is returned as error.
-func (r *Runner) survive(ctx context.Context, c clusters.Cluster, s *Scenario, name string) (bench.Survival, error) {
+func (r *Runner) survive(ctx context.Context, c clusters.Cluster, s *Scenario, d variants.Deployment, name string) (bench.Survival, error) {
 	v, _ := variants.Get(name)
-	rs := v.(variants.Restarter) // checked by Validate
+	rs, ok := d.(variants.Restarter) // checked by Validate for the netns lab
+	if !ok {
+		return bench.Survival{}, fmt.Errorf("variant %s on a %s cluster has no daemon the lab can restart", name, c.Provider())
+	}
 	spec := s.Restart
 	pl := s.Placements[0]
 	sv := bench.Survival{Variant: name, Describe: v.Describe(), Placement: pl}

@@ -174,21 +174,24 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 	res.Cluster = bench.ClusterInfo{Provider: c.Provider(), Name: lab, Nodes: spec.Nodes, IPFamilies: spec.IPFamilies}
 
 	res.Variants = map[string]string{}
+	deps := deployed{}
 	for _, name := range s.Variants {
 		v, _ := variants.Get(name)
 		res.Variants[name] = v.Describe()
-		if err := v.Install(ctx, c); err != nil {
+		d, err := variants.Install(ctx, name, c)
+		if err != nil {
 			return nil, "", fmt.Errorf("install variant %s: %w", name, err)
 		}
-		defer v.Uninstall(context.Background(), c)
+		deps[name] = d
+		defer d.Uninstall(context.Background(), c)
 	}
 	switch s.Kind {
 	case KindRestart:
-		err = r.runRestart(ctx, c, s, res)
+		err = r.runRestart(ctx, c, s, deps, res)
 	case KindStartup:
-		err = r.runStartup(ctx, c, s, res)
+		err = r.runStartup(ctx, c, s, deps, res)
 	default:
-		err = r.runMeasured(ctx, c, s, res)
+		err = r.runMeasured(ctx, c, s, deps, res)
 	}
 	if err != nil {
 		return nil, "", err
@@ -201,13 +204,16 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 	return res, path, nil
 }
 
+// deployed are the scenario's variants as installed on its cluster, by name.
+type deployed map[string]variants.Deployment
+
 // runMeasured measures the planned latency runs with a Prometheus scraping the variants' node
 // agents throughout, and then records what their telemetry counted beside fortio's counts.
-func (r *Runner) runMeasured(ctx context.Context, c clusters.Cluster, s *Scenario, res *bench.Result) error {
+func (r *Runner) runMeasured(ctx context.Context, c clusters.Cluster, s *Scenario, deps deployed, res *bench.Result) error {
 	if r.NoTelemetry {
 		return r.runPlan(ctx, c, s, res)
 	}
-	ps, err := r.startPrometheus(ctx, c, s)
+	ps, err := r.startPrometheus(ctx, c, s, deps)
 	if err != nil {
 		return err
 	}
@@ -220,7 +226,7 @@ func (r *Runner) runMeasured(ctx context.Context, c clusters.Cluster, s *Scenari
 	if ps == nil {
 		return nil
 	}
-	if res.Telemetry, err = telemetryView(ctx, ps, s, res); err != nil {
+	if res.Telemetry, err = telemetryView(ctx, ps, s, deps, res); err != nil {
 		return err
 	}
 	for _, st := range res.Telemetry.Services {

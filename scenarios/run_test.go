@@ -114,7 +114,7 @@ func (misrouted) Install(ctx context.Context, c clusters.Cluster) error {
 func (misrouted) Uninstall(context.Context, clusters.Cluster) error { return nil }
 
 func TestMisroutedRunIsInvalid(t *testing.T) {
-	variants.Register(misrouted{})
+	variants.RegisterNetns(func(clusters.Cluster) variants.NetnsVariant { return misrouted{} })
 	r := testRunner(t, "trmisrt")
 	res, _ := runYAML(t, r, `
 name: misrouted

@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/onehop-mesh/onehop/bench"
+	"github.com/onehop-mesh/onehop/clusters/netns"
 	"github.com/onehop-mesh/onehop/scenarios/variants"
 )
 
@@ -300,7 +301,7 @@ func (s *Scenario) Validate() error {
 		}
 		for i, name := range s.Variants {
 			if v, err := variants.Get(name); err == nil && len(v.Labels()) > 0 {
-				if _, ok := v.(variants.Onboarder); !ok {
+				if !variants.Supports[variants.Onboarder](netns.ProviderName, name) {
 					bad(fmt.Sprintf("variants[%d]", i), "%s cannot onboard a new pod", name)
 				}
 			}
@@ -405,8 +406,8 @@ func (s *Scenario) validateRestart(bad func(field, format string, a ...any)) {
 		bad("placements", "a %s scenario probes one service: list one placement", KindRestart)
 	}
 	for i, name := range s.Variants {
-		if v, err := variants.Get(name); err == nil {
-			if _, ok := v.(variants.Restarter); !ok {
+		if _, err := variants.Get(name); err == nil {
+			if !variants.Supports[variants.Restarter](netns.ProviderName, name) {
 				bad(fmt.Sprintf("variants[%d]", i), "%s has no daemon the lab can restart", name)
 			}
 		}

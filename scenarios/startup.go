@@ -14,15 +14,13 @@ import (
 	"github.com/onehop-mesh/onehop/scenarios/variants"
 )
 
-// runStartup measures, Pods times per variant (variants interleaved, order rotating), how long
+// runStartup measures, Pods times per variant (variants interleaved, order balanced), how long
 // a new pod takes from the start of its creation to its first successful request through the
 // variant's data plane to the same-node service.
-func (r *Runner) runStartup(ctx context.Context, c clusters.Cluster, s *Scenario, res *bench.Result) error {
-	n := len(s.Variants)
+func (r *Runner) runStartup(ctx context.Context, c clusters.Cluster, s *Scenario, deps deployed, res *bench.Result) error {
 	for rep := 1; rep <= s.Startup.Pods; rep++ {
-		for i := range s.Variants {
-			name := s.Variants[(i+rep-1)%n]
-			run, err := r.startOnePod(ctx, c, s, name, rep)
+		for _, name := range repOrder(s.Variants, rep) {
+			run, err := r.startOnePod(ctx, c, s, deps[name], name, rep)
 			if err != nil {
 				return err
 			}
@@ -40,15 +38,14 @@ func (r *Runner) runStartup(ctx context.Context, c clusters.Cluster, s *Scenario
 
 // startOnePod creates, onboards and probes one new pod, then removes it. A variant's failure is
 // recorded in the run; only a broken lab is an error.
-func (r *Runner) startOnePod(ctx context.Context, c clusters.Cluster, s *Scenario, variant string, rep int) (bench.StartupRun, error) {
+func (r *Runner) startOnePod(ctx context.Context, c clusters.Cluster, s *Scenario, d variants.Deployment, variant string, rep int) (bench.StartupRun, error) {
 	run := bench.StartupRun{Variant: variant, Pod: fmt.Sprintf("%s-new-%d", variant, rep), Repetition: rep}
 	svc, ok := c.Services().Snapshot().Service(variant, "fortio-"+SameNode)
 	if !ok || len(svc.ClusterIPs) == 0 {
 		return run, fmt.Errorf("service %s/fortio-%s has no cluster IP", variant, SameNode)
 	}
 	target := net.JoinHostPort(svc.ClusterIPs[0].String(), strconv.Itoa(serverPort))
-	v, _ := variants.Get(variant)
-	ob, _ := v.(variants.Onboarder)
+	ob, _ := d.(variants.Onboarder)
 
 	t0 := time.Now()
 	pod, err := c.CreatePod(ctx, clusters.PodSpec{Name: run.Pod, Namespace: variant, Node: "n1",

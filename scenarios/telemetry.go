@@ -27,7 +27,7 @@ type nodeNetns interface {
 // startPrometheus starts a real Prometheus in the first node's network namespace scraping every
 // node agent of the scenario's variants, if any has agents and the cluster's nodes are local;
 // nil otherwise. The caller closes it.
-func (r *Runner) startPrometheus(ctx context.Context, c clusters.Cluster, s *Scenario) (*prom.Server, error) {
+func (r *Runner) startPrometheus(ctx context.Context, c clusters.Cluster, s *Scenario, deps deployed) (*prom.Server, error) {
 	nn, ok := c.(nodeNetns)
 	h, isHost := c.(clusters.NodeHost)
 	if !ok || !isHost {
@@ -36,8 +36,7 @@ func (r *Runner) startPrometheus(ctx context.Context, c clusters.Cluster, s *Sce
 	seen := map[string]bool{}
 	var targets []prom.Target
 	for _, name := range s.Variants {
-		v, _ := variants.Get(name)
-		ms, ok := v.(variants.MetricsSource)
+		ms, ok := deps[name].(variants.MetricsSource)
 		if !ok {
 			continue
 		}
@@ -75,7 +74,7 @@ func (r *Runner) startPrometheus(ctx context.Context, c clusters.Cluster, s *Sce
 // closed by the client side equal the connections fortio made (warm-ups included); where both
 // ends are enrolled, each side's bytes sent are the other's received; the client side received
 // the response bytes fortio read; a variant without telemetry has no series at all.
-func telemetryView(ctx context.Context, ps *prom.Server, s *Scenario, res *bench.Result) (*bench.TelemetryView, error) {
+func telemetryView(ctx context.Context, ps *prom.Server, s *Scenario, deps deployed, res *bench.Result) (*bench.TelemetryView, error) {
 	type key struct{ variant, placement string }
 	fortio := map[key]*bench.ServiceTelemetry{}
 	var order []key
@@ -83,8 +82,7 @@ func telemetryView(ctx context.Context, ps *prom.Server, s *Scenario, res *bench
 		k := key{run.Variant, run.Placement}
 		st := fortio[k]
 		if st == nil {
-			v, _ := variants.Get(run.Variant)
-			ms, ok := v.(variants.MetricsSource)
+			ms, ok := deps[run.Variant].(variants.MetricsSource)
 			if !ok {
 				continue
 			}

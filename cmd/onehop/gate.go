@@ -17,6 +17,7 @@ import (
 
 	"github.com/onehop-mesh/onehop/bench/gate"
 	"github.com/onehop-mesh/onehop/scenarios"
+	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/scenarios/variants"
 )
 
@@ -95,8 +96,8 @@ func runGate(ctx context.Context, o gateOptions) error {
 	// Two deployments of the agent side by side, each with its own ports, sockets and pins.
 	baseAgents := &variants.Onehop{Instance: "base", PortOffset: 100}
 	headAgents := &variants.Onehop{Instance: "head", PortOffset: 200}
-	variants.Register(baseAgents)
-	variants.Register(headAgents)
+	variants.RegisterNetns(func(clusters.Cluster) variants.NetnsVariant { return baseAgents })
+	variants.RegisterNetns(func(clusters.Cluster) variants.NetnsVariant { return headAgents })
 	s, err := scenarios.Parse("gate", fmt.Appendf(nil, gateScenario, o.qps, o.connections, o.duration, o.warmup, o.repetitions))
 	if err != nil {
 		return fmt.Errorf("gate scenario: %w", err)

@@ -89,8 +89,8 @@ type nodeProxy struct {
 }
 
 func init() {
-	Register(&Ambient{})
-	Register(&Ambient{Waypoints: true})
+	RegisterNetns(func(clusters.Cluster) NetnsVariant { return &Ambient{} })
+	RegisterNetns(func(clusters.Cluster) NetnsVariant { return &Ambient{Waypoints: true} })
 }
 
 func (a *Ambient) Name() string {

@@ -16,7 +16,7 @@ import (
 // rules in each node, which the cluster itself programs from its service store.
 type Baseline struct{}
 
-func init() { Register(Baseline{}) }
+func init() { RegisterNetns(func(clusters.Cluster) NetnsVariant { return Baseline{} }) }
 
 func (Baseline) Name() string { return "baseline" }
 func (Baseline) Describe() string {

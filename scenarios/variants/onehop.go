@@ -72,10 +72,9 @@ type Onehop struct {
 	users  int                 // installed variants sharing these agents (onehop, onehop-waypoint)
 }
 
-// onehopAgents is the one onehop deployment that onehop and onehop-waypoint share.
-var onehopAgents = &Onehop{}
-
-func init() { Register(onehopAgents) }
+// onehop's deployment on a netns cluster is that cluster's agents (agentsOf), which its
+// telemetry variants and onehop-waypoint share.
+func init() { RegisterNetns(func(c clusters.Cluster) NetnsVariant { return agentsOf(c) }) }
 
 func (o *Onehop) Name() string {
 	if o.Instance != "" {

@@ -16,8 +16,9 @@ type OnehopTelemetry struct {
 }
 
 func init() {
-	Register(&OnehopTelemetry{base: onehopAgents, mode: "off"})
-	Register(&OnehopTelemetry{base: onehopAgents, mode: "access-log"})
+	for _, mode := range []string{"off", "access-log"} {
+		RegisterNetns(func(c clusters.Cluster) NetnsVariant { return &OnehopTelemetry{base: agentsOf(c), mode: mode} })
+	}
 }
 
 func (v *OnehopTelemetry) Name() string {

@@ -28,7 +28,9 @@ type OnehopWaypoint struct {
 	saved     []services.Service // the services as they were, to restore on uninstall
 }
 
-func init() { Register(&OnehopWaypoint{base: onehopAgents}) }
+func init() {
+	RegisterNetns(func(c clusters.Cluster) NetnsVariant { return &OnehopWaypoint{base: agentsOf(c)} })
+}
 
 func (*OnehopWaypoint) Name() string { return "onehop-waypoint" }
 func (w *OnehopWaypoint) Describe() string {

@@ -74,8 +74,8 @@ type sidecar struct {
 }
 
 func init() {
-	Register(&Sidecar{MTLS: true})
-	Register(&Sidecar{MTLS: false})
+	RegisterNetns(func(clusters.Cluster) NetnsVariant { return &Sidecar{MTLS: true} })
+	RegisterNetns(func(clusters.Cluster) NetnsVariant { return &Sidecar{MTLS: false} })
 }
 
 func (s *Sidecar) Name() string {

@@ -35,7 +35,7 @@ func testProvider(t *testing.T, prefix string) (string, *netns.Provider, string)
 
 // upAndInstall brings the lab up and installs v, returning Install's error; v is uninstalled
 // (and that checked) when the test ends.
-func upAndInstall(t *testing.T, p *netns.Provider, spec clusters.Spec, v Variant) (*netns.Cluster, error) {
+func upAndInstall(t *testing.T, p *netns.Provider, spec clusters.Spec, v NetnsVariant) (*netns.Cluster, error) {
 	t.Helper()
 	c, err := p.Up(context.Background(), spec)
 	if err != nil {

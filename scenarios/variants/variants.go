@@ -13,7 +13,9 @@ import (
 	"github.com/onehop-mesh/onehop/clusters"
 )
 
-// Variant installs one data plane into a running cluster.
+// Variant is one data plane a scenario compares, as the report names and describes it. How it
+// is installed depends on the cluster: an Installer per provider and variant (RegisterInstaller)
+// puts it on a cluster and returns the Deployment, which is all the runner keeps.
 type Variant interface {
 	Name() string
 	// Describe says, for the report, what carries the traffic (proxy and version, encryption).
@@ -22,7 +24,16 @@ type Variant interface {
 	// plane (for example istio.io/dataplane-mode). Every variant gets a namespace of its own, so
 	// variants installed side by side never carry each other's traffic.
 	Labels() map[string]string
-	Install(ctx context.Context, c clusters.Cluster) error
+}
+
+// Installer installs one variant on the clusters of one provider.
+type Installer interface {
+	Install(ctx context.Context, c clusters.Cluster) (Deployment, error)
+}
+
+// Deployment is a variant installed on one cluster. What more it can do is in the interfaces it
+// implements: Restarter, Onboarder, MetricsSource.
+type Deployment interface {
 	Uninstall(ctx context.Context, c clusters.Cluster) error
 }
 
@@ -54,10 +65,21 @@ type MetricsSource interface {
 // RestartEvent is one restart as the scenario records it.
 type RestartEvent = bench.RestartEvent
 
-var registry = map[string]Variant{}
+var (
+	registry   = map[string]Variant{}
+	installers = map[string]map[string]Installer{} // provider -> variant -> installer
+)
 
 // Register makes a variant available to scenarios by name.
 func Register(v Variant) { registry[v.Name()] = v }
+
+// RegisterInstaller says how variant is installed on provider's clusters.
+func RegisterInstaller(provider, variant string, in Installer) {
+	if installers[provider] == nil {
+		installers[provider] = map[string]Installer{}
+	}
+	installers[provider][variant] = in
+}
 
 // Get returns a registered variant.
 func Get(name string) (Variant, error) {
@@ -65,6 +87,34 @@ func Get(name string) (Variant, error) {
 		return v, nil
 	}
 	return nil, fmt.Errorf("unknown variant %q (known: %s)", name, strings.Join(Names(), ", "))
+}
+
+// InstallerFor returns how variant is installed on provider's clusters.
+func InstallerFor(provider, variant string) (Installer, error) {
+	if _, err := Get(variant); err != nil {
+		return nil, err
+	}
+	in, ok := installers[provider][variant]
+	if !ok {
+		var on []string
+		for p, m := range installers {
+			if _, ok := m[variant]; ok {
+				on = append(on, p)
+			}
+		}
+		sort.Strings(on)
+		return nil, fmt.Errorf("variant %s cannot be installed on a %s cluster (it can on: %s)", variant, provider, strings.Join(on, ", "))
+	}
+	return in, nil
+}
+
+// Install installs variant on c with its provider's installer.
+func Install(ctx context.Context, variant string, c clusters.Cluster) (Deployment, error) {
+	in, err := InstallerFor(c.Provider(), variant)
+	if err != nil {
+		return nil, err
+	}
+	return in.Install(ctx, c)
 }
 
 // Names lists the registered variants.
@@ -75,4 +125,26 @@ func Names() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Prototyper is an Installer that can show, before installing, a deployment of the type Install
+// returns (not installed), so that a scenario is checked for what its variants must do (restart,
+// onboard pods) before any cluster exists.
+type Prototyper interface {
+	Prototype() Deployment
+}
+
+// Supports reports whether variant's deployments on provider are a T (Restarter, Onboarder,
+// MetricsSource). False when the installer cannot tell.
+func Supports[T any](provider, variant string) bool {
+	in, err := InstallerFor(provider, variant)
+	if err != nil {
+		return false
+	}
+	p, ok := in.(Prototyper)
+	if !ok {
+		return false
+	}
+	_, ok = p.Prototype().(T)
+	return ok
 }
