@@ -374,7 +374,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (uninstallNow bool, 
 		}
 	}
 	dirs = append(dirs, programmed)
-	tel, err := startTelemetry(ctx, cfg.telemetry, dp, reg, pods, dirs, log)
+	tel, err := newTelemetry(ctx, cfg.telemetry, dp, reg, pods, dirs, log)
 	if err != nil {
 		return false, err
 	}
@@ -388,6 +388,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (uninstallNow bool, 
 	} else if n > 0 {
 		log.Info("restored the previous agent's enrollments", "pods", n, "file", cfg.telemetry.stateFile)
 	}
+	tel.start()
 	var km *kubeMode
 	if cfg.kube.on {
 		// After Restore: the controller's first pass starts from the enrollments kept.

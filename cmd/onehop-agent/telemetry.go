@@ -26,6 +26,7 @@ type agentTelemetry struct {
 	accessLog map[uint64]bool // netns cookie -> its enrollment asked for the access log
 	dp        *datapath.Datapath
 	closeLog  func() error // writes out the buffered access log; nil without one
+	start     func()       // begins reading events (see newTelemetry)
 }
 
 // close writes out what the access log buffered.
@@ -35,9 +36,10 @@ func (a *agentTelemetry) close() {
 	}
 }
 
-// startTelemetry starts reading oh_events (even with --telemetry off: pods may be enrolled
-// with it, and an earlier agent's events wait in the pinned ring buffer).
-func startTelemetry(ctx context.Context, cfg telemetryConfig, dp *datapath.Datapath, reg prometheus.Registerer,
+// newTelemetry prepares reading oh_events (even with --telemetry off: pods may be enrolled with
+// it, and an earlier agent's events wait in the pinned ring buffer); start begins it, once the
+// previous agent's enrollments are restored: events read before would find no pod metadata.
+func newTelemetry(ctx context.Context, cfg telemetryConfig, dp *datapath.Datapath, reg prometheus.Registerer,
 	pods *telemetry.Pods, dir telemetry.Directory, log *slog.Logger) (*agentTelemetry, error) {
 	a := &agentTelemetry{pods: pods, accessLog: map[uint64]bool{}, dp: dp}
 	var accessLog *slog.Logger
@@ -63,12 +65,14 @@ func startTelemetry(ctx context.Context, cfg telemetryConfig, dp *datapath.Datap
 	if err != nil {
 		return nil, err
 	}
-	go func() {
-		if err := t.Run(ctx, rd); err != nil {
-			log.Error("telemetry stopped", "err", err)
-		}
-	}()
-	go a.prune(ctx, t, log)
+	a.start = func() {
+		go func() {
+			if err := t.Run(ctx, rd); err != nil {
+				log.Error("telemetry stopped", "err", err)
+			}
+		}()
+		go a.prune(ctx, t, log)
+	}
 	return a, nil
 }
 
