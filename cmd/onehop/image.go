@@ -40,5 +40,7 @@ source gives the same digest: every timestamp is SOURCE_DATE_EPOCH, else the HEA
 	f.StringVar(&opts.Tag, "tag", "", "tag, or full reference, of the image (default "+image.Repository+":<git describe --tags --always --dirty>)")
 	f.StringVar(&opts.Binary, "binary", "", "package this static onehop-agent instead of building one")
 	f.StringVar(&opts.Arch, "arch", "", "GOARCH of the image (default this machine's)")
+	f.StringVar(&opts.Package, "package", "", "main package to build instead of the agent's (./cmd/onehop-pause: the sandbox image of a cluster without a registry)")
+	f.StringVar(&opts.Entrypoint, "entrypoint", "", "the binary's path in the image (default "+image.Entrypoint+")")
 	return cmd
 }

@@ -23,7 +23,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(clusterCmd(), runCmd(), reportCmd(), exportCmd(), benchAllCmd(), benchScaleCmd(), gateCmd(), doctorCmd(), workloadCmd(), imageCmd())
+	root.AddCommand(clusterCmd(), runCmd(), reportCmd(), exportCmd(), benchAllCmd(), benchScaleCmd(), gateCmd(), doctorCmd(), workloadCmd(), imageCmd(), controlPlaneCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "onehop:", err)
 		os.Exit(1)

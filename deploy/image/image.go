@@ -55,6 +55,10 @@ type Options struct {
 	Arch   string // GOARCH (default runtime.GOARCH); the OS is linux
 	// Created is the image's and the layer's timestamp (default: SourceDate(Source)).
 	Created time.Time
+	// Package is the main package built (default ./cmd/onehop-agent); the lab's other images
+	// build the pause program and fortio the same way. Entrypoint is its path in the image
+	// (default Entrypoint).
+	Package, Entrypoint string
 }
 
 // Result is what was built.
@@ -93,15 +97,15 @@ func Build(ctx context.Context, opts Options) (Result, error) {
 			return Result{}, err
 		}
 		defer os.RemoveAll(tmp)
-		bin = filepath.Join(tmp, "onehop-agent")
-		if err := BuildAgent(ctx, opts.Source, opts.Arch, bin); err != nil {
+		bin = filepath.Join(tmp, "binary")
+		if err := BuildStatic(ctx, opts.Source, opts.Arch, cmp.Or(opts.Package, "./cmd/onehop-agent"), bin); err != nil {
 			return Result{}, err
 		}
 	}
 	if err := CheckStatic(bin); err != nil {
 		return Result{}, err
 	}
-	img, err := FromBinary(bin, opts.Arch, opts.Created)
+	img, err := FromBinaryAt(bin, cmp.Or(opts.Entrypoint, Entrypoint), opts.Arch, opts.Created)
 	if err != nil {
 		return Result{}, err
 	}
@@ -137,16 +141,21 @@ func Build(ctx context.Context, opts Options) (Result, error) {
 	return res, nil
 }
 
-// BuildAgent builds ./cmd/onehop-agent of the module at src into out: static (no cgo, so it
+// BuildAgent builds ./cmd/onehop-agent of the module at src into out, as BuildStatic does.
+func BuildAgent(ctx context.Context, src, arch, out string) error {
+	return BuildStatic(ctx, src, arch, "./cmd/onehop-agent", out)
+}
+
+// BuildStatic builds main package pkg in the module at src into out: static (no cgo, so it
 // runs on an empty base), -trimpath and an empty build id (no path or random id of this
 // machine in it), no VCS stamp (so it depends on the source files only).
-func BuildAgent(ctx context.Context, src, arch, out string) error {
+func BuildStatic(ctx context.Context, src, arch, pkg, out string) error {
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false",
-		"-ldflags", "-s -w -buildid=", "-o", out, "./cmd/onehop-agent")
+		"-ldflags", "-s -w -buildid=", "-o", out, pkg)
 	cmd.Dir = src
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build the agent (%s): %w\n%s", strings.Join(cmd.Args, " "), err, b)
+		return fmt.Errorf("build %s (%s): %w\n%s", pkg, strings.Join(cmd.Args, " "), err, b)
 	}
 	return nil
 }
@@ -170,10 +179,15 @@ func CheckStatic(bin string) error {
 	return nil
 }
 
-// FromBinary is the image: the binary at /onehop-agent in one layer on an empty base, for
-// linux/arch, with created as every timestamp.
+// FromBinary is the agent's image: the binary at /onehop-agent in one layer on an empty base,
+// for linux/arch, with created as every timestamp.
 func FromBinary(bin, arch string, created time.Time) (v1.Image, error) {
-	layerTar, err := binaryLayer(bin, created)
+	return FromBinaryAt(bin, Entrypoint, arch, created)
+}
+
+// FromBinaryAt is FromBinary with the binary at entrypoint.
+func FromBinaryAt(bin, entrypoint, arch string, created time.Time) (v1.Image, error) {
+	layerTar, err := binaryLayer(bin, entrypoint, created)
 	if err != nil {
 		return nil, err
 	}
@@ -196,22 +210,22 @@ func FromBinary(bin, arch string, created time.Time) (v1.Image, error) {
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", arch
 	cf.Created = v1.Time{Time: created.UTC()}
-	cf.Config.Entrypoint = []string{Entrypoint}
+	cf.Config.Entrypoint = []string{entrypoint}
 	cf.Config.WorkingDir = "/"
-	cf.History = []v1.History{{Created: cf.Created, CreatedBy: "onehop image: " + Entrypoint + " (static, CGO_ENABLED=0)"}}
+	cf.History = []v1.History{{Created: cf.Created, CreatedBy: "onehop image: " + entrypoint + " (static, CGO_ENABLED=0)"}}
 	return mutate.ConfigFile(img, cf)
 }
 
 // binaryLayer is the layer's tar: one file, root-owned, mode 0755, at created; nothing of the
 // build machine (user names, ids, times) gets in.
-func binaryLayer(bin string, created time.Time) ([]byte, error) {
+func binaryLayer(bin, entrypoint string, created time.Time) ([]byte, error) {
 	data, err := os.ReadFile(bin)
 	if err != nil {
 		return nil, err
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	hdr := &tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(Entrypoint, "/"), Mode: 0o755,
+	hdr := &tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(entrypoint, "/"), Mode: 0o755,
 		Size: int64(len(data)), ModTime: created.UTC().Truncate(time.Second), Format: tar.FormatUSTAR}
 	if err := tw.WriteHeader(hdr); err != nil {
 		return nil, err
