@@ -16,8 +16,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/onehop-mesh/onehop/bench/gate"
-	"github.com/onehop-mesh/onehop/scenarios"
 	"github.com/onehop-mesh/onehop/clusters"
+	"github.com/onehop-mesh/onehop/scenarios"
 	"github.com/onehop-mesh/onehop/scenarios/variants"
 )
 
