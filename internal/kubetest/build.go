@@ -67,6 +67,65 @@ func Binaries(ctx context.Context, logf Logf) (Bins, error) {
 	return b, err
 }
 
+// NodeBins are the programs of a Kubernetes node and its control plane beside Bins: what
+// clusters/localkube runs.
+type NodeBins struct{ Kubelet, ControllerManager, Scheduler, Proxy, Kubectl string }
+
+// NodeBinaries returns kubelet, kube-controller-manager, kube-scheduler, kube-proxy and kubectl
+// of KubernetesVersion, built into the cache the first time (about 10 more minutes on 2 cores),
+// from the wrapper module Binaries made.
+func NodeBinaries(ctx context.Context, logf Logf) (NodeBins, error) {
+	if _, err := Binaries(ctx, logf); err != nil { // the wrapper module, and the shared build cache
+		return NodeBins{}, err
+	}
+	cache, err := CacheDir()
+	if err != nil {
+		return NodeBins{}, err
+	}
+	kube := filepath.Join(cache, "kube-"+KubernetesVersion+"-etcd-"+EtcdVersion)
+	dir := filepath.Join(cache, "kube-node-"+KubernetesVersion)
+	bin := func(n string) string { return filepath.Join(dir, "bin", n) }
+	b := NodeBins{Kubelet: bin("kubelet"), ControllerManager: bin("kube-controller-manager"), Scheduler: bin("kube-scheduler"),
+		Proxy: bin("kube-proxy"), Kubectl: bin("kubectl")}
+	err = cached(ctx, dir, logf, func() error { return present(b.Kubelet, b.ControllerManager, b.Scheduler, b.Proxy, b.Kubectl) }, func() error {
+		logf("kubetest: building kubelet, kube-controller-manager, kube-scheduler, kube-proxy and kubectl %s into %s (first time only: about 10 minutes on 2 cores)",
+			KubernetesVersion, dir)
+		tmp, err := os.MkdirTemp(dir, "build.")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		var pkgs []string
+		for _, n := range []string{"kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl"} {
+			pkgs = append(pkgs, "k8s.io/kubernetes/cmd/"+n)
+		}
+		args := append([]string{"build", "-o", tmp + string(filepath.Separator), "-ldflags=-s -w " + versionLDFlags()}, pkgs...)
+		if err := goCmd(ctx, filepath.Join(kube, "src"), logf, wrapperEnv, args...); err != nil {
+			return err
+		}
+		for _, p := range []string{b.Kubelet, b.ControllerManager, b.Scheduler, b.Proxy, b.Kubectl} {
+			if err := install(filepath.Join(tmp, filepath.Base(p)), p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return b, err
+}
+
+// versionLDFlags stamp the version as hack/lib/version.sh does: without them the binaries report
+// v0.0.0-master, and the API server's compatibility version (what it serves) falls back to a
+// default.
+func versionLDFlags() string {
+	minor := strings.SplitN(strings.TrimPrefix(KubernetesVersion, "v1."), ".", 2)[0]
+	var ldflags []string
+	for _, pkg := range []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"} {
+		ldflags = append(ldflags, "-X "+pkg+".gitVersion="+KubernetesVersion, "-X "+pkg+".gitMajor=1",
+			"-X "+pkg+".gitMinor="+minor, "-X "+pkg+".gitTreeState=clean")
+	}
+	return strings.Join(ldflags, " ")
+}
+
 // Helm returns a helm binary (HelmVersion) built with go install into the cache once. Helm's
 // module has no replace directives, so it installs directly, and stays out of the main go.mod.
 func Helm(ctx context.Context, logf Logf) (string, error) {
@@ -168,17 +227,9 @@ func buildKube(ctx context.Context, dir string, logf Logf) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	// As hack/lib/version.sh does: without these the server reports v0.0.0-master, and its
-	// compatibility version (what features and APIs it serves) falls back to a default.
-	minor := strings.SplitN(strings.TrimPrefix(KubernetesVersion, "v1."), ".", 2)[0]
-	var ldflags []string
-	for _, pkg := range []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"} {
-		ldflags = append(ldflags, "-X "+pkg+".gitVersion="+KubernetesVersion, "-X "+pkg+".gitMajor=1",
-			"-X "+pkg+".gitMinor="+minor, "-X "+pkg+".gitTreeState=clean")
-	}
 	logf("kubetest: compiling (go build %s %s)", apiserverPkg, etcdPkg)
 	if err := goCmd(ctx, src, logf, wrapperEnv, "build", "-o", tmp+string(filepath.Separator),
-		"-ldflags=-s -w "+strings.Join(ldflags, " "), apiserverPkg, etcdPkg); err != nil {
+		"-ldflags=-s -w "+versionLDFlags(), apiserverPkg, etcdPkg); err != nil {
 		return err
 	}
 	// go build names etcd's binary after its module path less the major version: "server".

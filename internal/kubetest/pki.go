@@ -23,7 +23,31 @@ type pki struct {
 	caCert, servingCert, servingKey, saKey, saPub string
 }
 
-func newPKI(dir string) (*pki, error) {
+// PKI is where WritePKI put a cluster's certificates and keys.
+type PKI struct {
+	CA, AdminCert, AdminKey, ServingCert, ServingKey, SAKey, SAPub string
+	CAPEM, AdminCertPEM, AdminKeyPEM                               []byte
+}
+
+// WritePKI writes a cluster's certificates into dir/pki, valid for validity, the API server's
+// serving certificate also for ips (the addresses clients and pods reach it at).
+func WritePKI(dir string, validity time.Duration, ips ...net.IP) (PKI, error) {
+	p, err := newPKIFor(dir, validity, ips)
+	if err != nil {
+		return PKI{}, err
+	}
+	out := PKI{CA: p.caCert, ServingCert: p.servingCert, ServingKey: p.servingKey, SAKey: p.saKey, SAPub: p.saPub,
+		AdminCert: filepath.Join(dir, "pki", "admin.crt"), AdminKey: filepath.Join(dir, "pki", "admin.key"),
+		CAPEM: p.caPEM, AdminCertPEM: p.adminCertPEM, AdminKeyPEM: p.adminKeyPEM}
+	if err := os.WriteFile(out.AdminCert, p.adminCertPEM, 0o600); err != nil {
+		return out, err
+	}
+	return out, os.WriteFile(out.AdminKey, p.adminKeyPEM, 0o600)
+}
+
+func newPKI(dir string) (*pki, error) { return newPKIFor(dir, 24*time.Hour, nil) }
+
+func newPKIFor(dir string, validity time.Duration, extraIPs []net.IP) (*pki, error) {
 	dir = filepath.Join(dir, "pki")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -37,7 +61,7 @@ func newPKI(dir string) (*pki, error) {
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{CommonName: "onehop-kubetest-ca"},
 		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
+		NotAfter:              now.Add(validity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
@@ -54,7 +78,7 @@ func newPKI(dir string) (*pki, error) {
 			return nil, nil, err
 		}
 		tmpl.SerialNumber = big.NewInt(serial)
-		tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Hour), now.Add(24*time.Hour)
+		tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Hour), now.Add(validity)
 		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 		if err != nil {
@@ -70,7 +94,7 @@ func newPKI(dir string) (*pki, error) {
 	servingCert, servingKey, err := issue(2, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 96, 0, 1)},
+		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 96, 0, 1)}, extraIPs...),
 		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
 	})
 	if err != nil {
