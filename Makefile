@@ -8,9 +8,10 @@ BIN   := bin/onehop
 DEPS  := ip:iproute2 iptables-restore:iptables ip6tables-restore:iptables sysctl:procps ps:procps nsenter:util-linux \
          clang:clang llvm-strip:llvm bpftool:bpftool /usr/include/bpf/bpf_helpers.h:libbpf-dev \
          curl:curl haproxy:haproxy prometheus:prometheus \
-         containerd:containerd ctr:containerd runc:runc skopeo:skopeo
+         containerd:containerd ctr:containerd runc:runc skopeo:skopeo \
+         /usr/lib/cni/bridge:containernetworking-plugins
 
-.PHONY: all deps build image generate doctor test test-istiod lint bench-all bench-quick bench-latency bench-scale bench-datapath gate report kube-bins
+.PHONY: all deps build image generate doctor test test-istiod e2e lint bench-all bench-quick bench-latency bench-scale bench-datapath gate report kube-bins
 
 all: build
 
@@ -50,23 +51,33 @@ doctor: deps build
 # interop/istiod is a Go module of its own: it builds Istio's xDS generator (istio.io/istio),
 # which the main module does not depend on. Its first build takes 5-8 minutes on 2 cores.
 INTEROP := interop/istiod
+E2E     := e2e
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out" >&2; exit 1; fi
 	$(GO) vet ./...
 	cd $(INTEROP) && $(GO) vet ./...
+	cd $(E2E) && $(GO) vet ./...
 
 # The Kubernetes tests' programs, built once into ~/.cache/onehop (or $ONEHOP_KUBE_CACHE) from the
-# Go module proxy: kube-apiserver and etcd (internal/kubetest) and helm (deploy/chart). Tests build
-# them on first use; this does it ahead (a cold build takes about 10 minutes on 2 cores).
+# Go module proxy: kube-apiserver and etcd (internal/kubetest), helm (deploy/chart), and a node's
+# kubelet, controller-manager, scheduler, kube-proxy and kubectl (clusters/localkube, e2e). Tests
+# build them on first use; this does it ahead (a cold build takes about 20-25 minutes on 2 cores).
 kube-bins:
 	$(GO) run ./internal/kubetest/cmd/kube-bins
 
 # Tests use real namespaces, sockets, processes and BPF: root is required (CI is root).
 # The interop tests run the real agent against istiod's own config and xDS generators.
+# The e2e suites (e2e-framework) run last, on a localkube cluster they bring up and remove.
 test: doctor lint kube-bins
 	ONEHOP_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 20m ./...
 	cd $(INTEROP) && ONEHOP_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 20m ./...
+	cd $(E2E) && $(GO) test -count=1 -timeout 20m ./...
+
+# The e2e suites alone: on a localkube cluster (root), or on yours with
+# E2E_ARGS='-args --kubeconfig=$$HOME/.kube/config --image-tag=<tag>' (see e2e/README.md).
+e2e: doctor kube-bins
+	cd $(E2E) && $(GO) test -count=1 -timeout 20m -v ./... $(E2E_ARGS)
 
 # The agent against Istio's xDS generator only (what `make test` runs last).
 test-istiod: doctor

@@ -36,7 +36,10 @@ type ServerStats struct {
 }
 
 // Serve runs fortio's echo server on port until SIGTERM or SIGINT, counting its requests.
-func Serve(port int) error {
+func Serve(port int) error { return ServeStats(port, "127.0.0.1") }
+
+// ServeStats is Serve with the request count served on statsHost:StatsPort.
+func ServeStats(port int, statsHost string) error {
 	log.SetLogLevel(log.Warning)
 	mux, addr := fhttp.ServeTCP(strconv.Itoa(port), "")
 	if addr == nil {
@@ -47,9 +50,9 @@ func Serve(port int) error {
 		echo.Add(1)
 		fhttp.EchoHandler(w, r)
 	})
-	stats, statsAddr := fhttp.HTTPServer("stats", net.JoinHostPort("127.0.0.1", strconv.Itoa(StatsPort)))
+	stats, statsAddr := fhttp.HTTPServer("stats", net.JoinHostPort(statsHost, strconv.Itoa(StatsPort)))
 	if statsAddr == nil {
-		return fmt.Errorf("fortio server: cannot listen on 127.0.0.1:%d for its request count", StatsPort)
+		return fmt.Errorf("fortio server: cannot listen on %s:%d for its request count", statsHost, StatsPort)
 	}
 	stats.HandleFunc("/requests", func(w http.ResponseWriter, _ *http.Request) {
 		json.NewEncoder(w).Encode(ServerStats{Echo: echo.Load()})

@@ -23,12 +23,15 @@ import (
 func workloadCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "workload", Short: "Processes that run inside lab pods", Hidden: true}
 	var port int
+	var statsHost string
 	server := &cobra.Command{
 		Use:   "fortio-server",
 		Short: "fortio echo server",
-		RunE:  func(*cobra.Command, []string) error { return loadgen.Serve(port) },
+		RunE:  func(*cobra.Command, []string) error { return loadgen.ServeStats(port, statsHost) },
 	}
 	server.Flags().IntVar(&port, "port", 8080, "listen port")
+	server.Flags().StringVar(&statsHost, "stats-host", "127.0.0.1",
+		"where the request count is served (port 15990); on Kubernetes 0.0.0.0, for the API server's pod proxy")
 	var opts string
 	load := &cobra.Command{
 		Use:   "fortio-load",
