@@ -56,7 +56,8 @@ func TestMain(m *testing.M) {
 		log.Fatal(err)
 	}
 	testenv = env.NewWithConfig(cfg)
-	if cfg.KubeconfigFile() == "" {
+	local := cfg.KubeconfigFile() == ""
+	if local {
 		testenv.Setup(func(ctx context.Context, cfg *envconf.Config) (context.Context, error) {
 			c, err := localkube.Up(ctx, localkube.Options{Name: "e2e", Source: repoRoot(), Link: mustPrefix("10.250.2.0/30"), Logf: log.Printf})
 			if err != nil {
@@ -66,6 +67,11 @@ func TestMain(m *testing.M) {
 			cfg.WithKubeconfigFile(c.Kubeconfig)
 			return ctx, nil
 		})
+	}
+	testenv.Setup(buildImages, installOnehop)
+	// Finish runs in order: the chart goes (its agents uninstall their programs), then the cluster.
+	testenv.Finish(uninstallOnehop)
+	if local {
 		testenv.Finish(func(ctx context.Context, _ *envconf.Config) (context.Context, error) {
 			if *keep {
 				log.Printf("--keep: cluster e2e stays up; kubeconfig %s", setup.local.Kubeconfig)
@@ -74,8 +80,6 @@ func TestMain(m *testing.M) {
 			return ctx, localkube.Down(ctx, "e2e")
 		})
 	}
-	testenv.Setup(buildImages, installControlPlane, installChart)
-	testenv.Finish(uninstallChart)
 	os.Exit(testenv.Run(m))
 }
 
@@ -98,12 +102,7 @@ func buildImages(ctx context.Context, cfg *envconf.Config) (context.Context, err
 	if err != nil {
 		return ctx, err
 	}
-	bin := filepath.Join(dir, "onehop")
-	if err := image.BuildStatic(ctx, repoRoot(), runtime.GOARCH, "./cmd/onehop", bin); err != nil {
-		return ctx, err
-	}
-	wl, err := image.Build(ctx, image.Options{Source: repoRoot(), Binary: bin, Entrypoint: "/onehop",
-		Tag: "onehop.local/onehop-workload:e2e", Out: filepath.Join(dir, "workload.tar")})
+	wl, err := image.BuildWorkload(ctx, repoRoot(), "e2e", filepath.Join(dir, "workload.tar"))
 	if err != nil {
 		return ctx, err
 	}

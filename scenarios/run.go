@@ -183,6 +183,9 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (*bench.Result, string, e
 			return nil, "", fmt.Errorf("install variant %s: %w", name, err)
 		}
 		deps[name] = d
+		if dd, ok := d.(interface{ Describe() string }); ok { // what carries it on this provider
+			res.Variants[name] = dd.Describe()
+		}
 		defer d.Uninstall(context.Background(), c)
 	}
 	switch s.Kind {

@@ -47,12 +47,7 @@ func TestUpRunsPodsAndDownLeavesNothing(t *testing.T) {
 	}
 
 	// The workload image: the lab's own binary, whose fortio server counts what it serves.
-	bin := filepath.Join(t.TempDir(), "onehop")
-	if err := image.BuildStatic(ctx, repoRoot(), runtime.GOARCH, "./cmd/onehop", bin); err != nil {
-		t.Fatal(err)
-	}
-	res, err := image.Build(ctx, image.Options{Source: repoRoot(), Binary: bin, Entrypoint: "/onehop",
-		Tag: "onehop.local/onehop-workload:test", Out: filepath.Join(t.TempDir(), "workload.tar")})
+	res, err := image.BuildWorkload(ctx, repoRoot(), "test", filepath.Join(t.TempDir(), "workload.tar"))
 	if err != nil {
 		t.Fatal(err)
 	}

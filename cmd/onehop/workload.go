@@ -30,6 +30,15 @@ func workloadCmd() *cobra.Command {
 		RunE:  func(*cobra.Command, []string) error { return loadgen.ServeStats(port, statsHost) },
 	}
 	server.Flags().IntVar(&port, "port", 8080, "listen port")
+	idle := &cobra.Command{
+		Use:   "idle",
+		Short: "wait for SIGTERM (a client pod's process, whose load is exec'd beside it)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			<-cmd.Context().Done()
+			return nil
+		},
+	}
+	cmd.AddCommand(idle)
 	server.Flags().StringVar(&statsHost, "stats-host", "127.0.0.1",
 		"where the request count is served (port 15990); on Kubernetes 0.0.0.0, for the API server's pod proxy")
 	var opts string

@@ -296,3 +296,28 @@ func RequireTools(pkg map[string]string) error {
 	}
 	return nil
 }
+
+// WorkloadRepository is the lab's workload image: its onehop binary (the fortio server and load
+// driver, the probe, the control plane) at WorkloadEntrypoint.
+const (
+	WorkloadRepository = "onehop.local/onehop-workload"
+	WorkloadEntrypoint = "/onehop"
+)
+
+// BuildWorkload builds the workload image from the module at source: a static ./cmd/onehop.
+func BuildWorkload(ctx context.Context, source, tag, out string) (Result, error) {
+	tmp, err := os.MkdirTemp("", "onehop-workload-")
+	if err != nil {
+		return Result{}, err
+	}
+	defer os.RemoveAll(tmp)
+	bin := filepath.Join(tmp, "onehop")
+	if err := BuildStatic(ctx, source, runtime.GOARCH, "./cmd/onehop", bin); err != nil {
+		return Result{}, err
+	}
+	ref := tag
+	if !strings.ContainsAny(tag, "/:") {
+		ref = WorkloadRepository + ":" + tag
+	}
+	return Build(ctx, Options{Source: source, Binary: bin, Entrypoint: WorkloadEntrypoint, Tag: ref, Out: out})
+}
