@@ -35,7 +35,6 @@ import (
 
 	"github.com/onehop-mesh/onehop/bench/cpu"
 	"github.com/onehop-mesh/onehop/clusters"
-	"github.com/onehop-mesh/onehop/clusters/controlplane"
 	"github.com/onehop-mesh/onehop/clusters/services"
 	"github.com/onehop-mesh/onehop/deploy/install"
 )
@@ -178,7 +177,7 @@ func (c *Cluster) watch(ctx context.Context) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	go func() { errc <- (&controlplane.KubeSource{Client: c.cs, Store: c.store, Log: log}).Run(wctx, synced) }()
+	go func() { errc <- (&Source{Client: c.cs, Store: c.store, Log: log}).Run(wctx, synced) }()
 	select {
 	case <-synced:
 		return nil

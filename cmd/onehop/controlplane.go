@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/onehop-mesh/onehop/clusters/controlplane"
+	"github.com/onehop-mesh/onehop/clusters/kube"
 	"github.com/onehop-mesh/onehop/clusters/services"
 )
 
@@ -55,7 +56,7 @@ gRPC on --listen, as istiod's port 15010.`,
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			store := services.New(prefixes...)
-			src := &controlplane.KubeSource{Client: client, Store: store, Log: log}
+			src := &kube.Source{Client: client, Store: store, Log: log}
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
 			synced := make(chan struct{})

@@ -1,4 +1,4 @@
-package controlplane
+package kube
 
 import (
 	"context"
@@ -14,21 +14,21 @@ import (
 	"github.com/onehop-mesh/onehop/clusters/services"
 )
 
-// KubeSource fills a services.Store from a real Kubernetes API server: its ClusterIP Services
+// Source fills a services.Store from a real Kubernetes API server: its ClusterIP Services
 // (with a selector) and its Pods, so that the lab's control plane serves a real cluster's
 // services to onehop agents as istiod would. The Store selects endpoints itself, as the
 // EndpointSlice controller does: ready pods whose labels match a service's selector.
 //
 // The Store keys pods by name: two pods of one name in two namespaces (StatefulSets) would
 // shadow each other; the later one seen wins, and the collision is logged.
-type KubeSource struct {
+type Source struct {
 	Client kubernetes.Interface
 	Store  *services.Store
 	Log    *slog.Logger
 }
 
 // Run watches until ctx is done; synced is closed once both informers have listed.
-func (k *KubeSource) Run(ctx context.Context, synced chan<- struct{}) error {
+func (k *Source) Run(ctx context.Context, synced chan<- struct{}) error {
 	if k.Log == nil {
 		k.Log = slog.New(slog.DiscardHandler)
 	}
@@ -70,7 +70,7 @@ func unwrap(o any) any {
 
 // service mirrors one Service: a ClusterIP service with a selector; others (headless,
 // ExternalName, selectorless with hand-made EndpointSlices) are not balanced by onehop.
-func (k *KubeSource) service(o any, deleted bool) {
+func (k *Source) service(o any, deleted bool) {
 	s, ok := unwrap(o).(*corev1.Service)
 	if !ok {
 		return
@@ -105,7 +105,7 @@ func (k *KubeSource) service(o any, deleted bool) {
 }
 
 // pod mirrors one Pod: where it runs, its IPs, labels and readiness.
-func (k *KubeSource) pod(o any, deleted bool, owner map[string]string) {
+func (k *Source) pod(o any, deleted bool, owner map[string]string) {
 	p, ok := unwrap(o).(*corev1.Pod)
 	if !ok {
 		return
