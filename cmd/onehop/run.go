@@ -11,6 +11,8 @@ import (
 
 	"github.com/onehop-mesh/onehop/bench"
 	"github.com/onehop-mesh/onehop/bench/report"
+	"github.com/onehop-mesh/onehop/clusters"
+	"github.com/onehop-mesh/onehop/clusters/kind"
 	"github.com/onehop-mesh/onehop/clusters/localkube"
 	"github.com/onehop-mesh/onehop/clusters/netns"
 	"github.com/onehop-mesh/onehop/scenarios"
@@ -47,7 +49,7 @@ func (o *overrides) register(cmd *cobra.Command) {
 	f.StringVar(&o.lab, "lab", "bench", "name of the lab cluster the run creates and removes")
 	f.StringVar(&o.resultsDir, "results", "results", "directory for result JSON files")
 	f.BoolVar(&o.keep, "keep", false, "leave the lab up after the run")
-	f.StringVar(&o.provider, "provider", netns.ProviderName, "where the lab runs: netns (network namespaces on this host) or localkube (a real single-node Kubernetes on this host, built from the module proxy; variants baseline and onehop; run from the onehop checkout)")
+	f.StringVar(&o.provider, "provider", netns.ProviderName, "where the lab runs: netns (network namespaces on this host) localkube (a real single-node Kubernetes on this host, built from the module proxy) or kind (needs Docker or Podman); on Kubernetes the variants are baseline and onehop; run from the onehop checkout")
 	f.BoolVar(&o.quick, "quick", false, fmt.Sprintf("a first look: %d repetitions of %s, %d restarts, %d new pods; reports are marked quick",
 		quickRepetitions, quickDuration, quickRestarts, quickPods))
 }
@@ -91,18 +93,22 @@ func (o *overrides) load(path string) (*scenarios.Scenario, error) {
 func (o *overrides) runner() (*scenarios.Runner, error) {
 	switch o.provider {
 	case netns.ProviderName, "":
-	case localkube.ProviderName:
+	case localkube.ProviderName, kind.ProviderName:
 		if _, err := os.Stat(filepath.Join("cmd", "onehop-agent")); err != nil {
-			return nil, fmt.Errorf("--provider localkube builds the agent's and the workload's images from source: run it from the onehop checkout (%v)", err)
+			return nil, fmt.Errorf("--provider %s builds the agent's and the workload's images from source: run it from the onehop checkout (%v)", o.provider, err)
 		}
 		self, err := os.Executable()
 		if err != nil {
 			return nil, err
 		}
-		p := &localkube.Provider{Source: ".", Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
+		logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+		var p clusters.Provider = &localkube.Provider{Source: ".", Logf: logf}
+		if o.provider == kind.ProviderName {
+			p = &kind.Provider{Source: ".", Logf: logf}
+		}
 		return &scenarios.Runner{Provider: p, Binary: self, ResultsDir: o.resultsDir, Lab: o.lab, Progress: os.Stderr, KeepCluster: o.keep}, nil
 	default:
-		return nil, fmt.Errorf("--provider %q: netns or localkube", o.provider)
+		return nil, fmt.Errorf("--provider %q: netns, localkube or kind", o.provider)
 	}
 	p, err := newProvider()
 	if err != nil {

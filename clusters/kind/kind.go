@@ -1,0 +1,151 @@
+// Package kind runs labs on kind clusters (sigs.k8s.io/kind as a library): Up creates a cluster
+// with the scenario's node count, builds the agent's and the workload's images and loads them
+// into every node (as `kind load image-archive`), and makes the lab on it as on any Kubernetes
+// cluster (clusters/kube). kind needs a Docker, Podman or nerdctl engine, and pulls its node
+// image from a registry; where there is neither (these machines), use clusters/localkube.
+package kind
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"sigs.k8s.io/kind/pkg/cluster"
+	"sigs.k8s.io/kind/pkg/cluster/nodeutils"
+
+	"github.com/onehop-mesh/onehop/clusters"
+	"github.com/onehop-mesh/onehop/clusters/kube"
+	"github.com/onehop-mesh/onehop/deploy/image"
+	"github.com/onehop-mesh/onehop/deploy/install"
+	"github.com/onehop-mesh/onehop/internal/kubetest"
+)
+
+// ProviderName is how results and reports name labs on kind.
+const ProviderName = "kind"
+
+// Provider makes a kind cluster per lab, named onehop-<lab>.
+type Provider struct {
+	Source    string // the onehop module's root, the images are built from
+	NodeImage string // kind's node image; empty: kind's default for its version
+	Logf      func(format string, args ...any)
+}
+
+// ErrNoEngine is returned when no container engine kind can use is found.
+var ErrNoEngine = errors.New("kind needs a Docker, Podman or nerdctl engine, and none answers on this machine (no container engine here: use --provider localkube, a real Kubernetes without one)")
+
+func clusterName(lab string) string { return "onehop-" + lab }
+
+func (p *Provider) kind() (*cluster.Provider, error) {
+	opt, err := cluster.DetectNodeProvider()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoEngine, err)
+	}
+	return cluster.NewProvider(opt), nil
+}
+
+// Up creates the cluster (one control-plane node and spec.Nodes-1 workers), loads the images and
+// makes the lab on it.
+func (p *Provider) Up(ctx context.Context, spec clusters.Spec) (clusters.Cluster, error) {
+	kp, err := p.kind()
+	if err != nil {
+		return nil, err
+	}
+	logf := p.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	name := clusterName(spec.Name)
+	config := "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: control-plane\n"
+	for i := 1; i < spec.Nodes; i++ {
+		config += "- role: worker\n"
+	}
+	opts := []cluster.CreateOption{cluster.CreateWithRawConfig([]byte(config)), cluster.CreateWithWaitForReady(0), cluster.CreateWithDisplayUsage(false)}
+	if p.NodeImage != "" {
+		opts = append(opts, cluster.CreateWithNodeImage(p.NodeImage))
+	}
+	kp.Delete(name, "") // one left by a killed run
+	logf("kind: creating cluster %s (%d nodes)", name, spec.Nodes)
+	if err := kp.Create(name, opts...); err != nil {
+		return nil, fmt.Errorf("kind: create %s: %w", name, err)
+	}
+	kc, err := p.prepare(ctx, kp, name, logf)
+	if err == nil {
+		var c clusters.Cluster
+		if c, err = kc.Up(ctx, spec); err == nil {
+			return c, nil
+		}
+	}
+	return nil, errors.Join(err, kp.Delete(name, ""))
+}
+
+// prepare writes the kubeconfig, builds and loads the images, and says how onehop goes on.
+func (p *Provider) prepare(ctx context.Context, kp *cluster.Provider, name string, logf func(string, ...any)) (*kube.Provider, error) {
+	dir, err := os.MkdirTemp("", "onehop-kind-")
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := kp.KubeConfig(name, false)
+	if err != nil {
+		return nil, err
+	}
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	agent, err := image.Build(ctx, image.Options{Source: p.Source, Tag: image.Repository + ":lab", Out: filepath.Join(dir, "agent.tar")})
+	if err != nil {
+		return nil, err
+	}
+	wl, err := image.BuildWorkload(ctx, p.Source, "lab", filepath.Join(dir, "workload.tar"))
+	if err != nil {
+		return nil, err
+	}
+	nodes, err := kp.ListInternalNodes(name)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range nodes {
+		for _, tar := range []string{agent.Path, wl.Path} {
+			f, err := os.Open(tar)
+			if err != nil {
+				return nil, err
+			}
+			err = nodeutils.LoadImageArchive(n, f)
+			f.Close()
+			if err != nil {
+				return nil, fmt.Errorf("kind: load %s into %s: %w", tar, n, err)
+			}
+		}
+	}
+	logf("kind: images %s and %s loaded into %d nodes", agent.Ref, wl.Ref, len(nodes))
+	helm, err := kubetest.Helm(ctx, kubetest.Logf(logf))
+	if err != nil {
+		return nil, err
+	}
+	node, err := kubetest.NodeBinaries(ctx, kubetest.Logf(logf))
+	if err != nil {
+		return nil, err
+	}
+	cidr := netip.MustParsePrefix("10.96.0.0/16") // kind's service subnet
+	return &kube.Provider{Kubeconfig: kubeconfig, Kubectl: node.Kubectl, WorkloadImage: wl.Ref, ServiceCIDR: cidr, Name: ProviderName,
+		Log: slog.Default(), Install: install.Options{Helm: helm, Chart: install.ChartDir(p.Source), AgentImage: agent.Ref,
+			WorkloadImage: wl.Ref, ServiceCIDR: cidr.String()}}, nil
+}
+
+// Open is not supported: a lab lives as long as the run that made it.
+func (p *Provider) Open(ctx context.Context, name string) (clusters.Cluster, error) {
+	return nil, fmt.Errorf("kind: reopening lab %q is not supported; run the scenario again", name)
+}
+
+// Down deletes the lab's kind cluster.
+func (p *Provider) Down(ctx context.Context, name string) error {
+	kp, err := p.kind()
+	if err != nil {
+		return err
+	}
+	return kp.Delete(clusterName(name), "")
+}
