@@ -35,16 +35,20 @@ type Provider struct {
 }
 
 // ErrNoEngine is returned when no container engine kind can use is found.
-var ErrNoEngine = errors.New("kind needs a Docker, Podman or nerdctl engine, and none answers on this machine (no container engine here: use --provider localkube, a real Kubernetes without one)")
+var ErrNoEngine = errors.New("kind needs a running Docker, Podman or nerdctl engine, and none answers on this machine (use --provider localkube: a real Kubernetes without one)")
 
 func clusterName(lab string) string { return "onehop-" + lab }
 
 func (p *Provider) kind() (*cluster.Provider, error) {
-	opt, err := cluster.DetectNodeProvider()
+	opt, err := cluster.DetectNodeProvider() // a client binary is found
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoEngine, err)
 	}
-	return cluster.NewProvider(opt), nil
+	kp := cluster.NewProvider(opt)
+	if _, err := kp.List(); err != nil { // and its engine answers
+		return nil, fmt.Errorf("%w: %v", ErrNoEngine, err)
+	}
+	return kp, nil
 }
 
 // Up creates the cluster (one control-plane node and spec.Nodes-1 workers), loads the images and
