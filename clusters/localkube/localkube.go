@@ -12,6 +12,7 @@ package localkube
 
 import (
 	"bytes"
+	"hash/fnv"
 	"context"
 	"errors"
 	"fmt"
@@ -36,7 +37,8 @@ type Options struct {
 	// interface and cgroups are named "ohk-<Name>"; its files are in /var/tmp/onehop-kube/<Name>.
 	Name string
 	// Link is the /30 between the host (first address) and the node (second): the node's IP,
-	// where the API server, kubelet and hostNetwork pods listen. Default 10.250.0.0/30.
+	// where the API server, kubelet and hostNetwork pods listen. Default: one in 10.250.0.0/16
+	// picked by the name, so clusters of different names can run side by side.
 	Link netip.Prefix
 	// Source is the onehop module's root, from which the pause image is built (default ".").
 	Source string
@@ -101,7 +103,7 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		o.Logf = func(string, ...any) {}
 	}
 	if !o.Link.IsValid() {
-		o.Link = netip.MustParsePrefix("10.250.0.0/30")
+		o.Link = defaultLink(o.Name)
 	}
 	if o.Link.Bits() != 30 || !o.Link.Addr().Is4() {
 		return nil, fmt.Errorf("localkube: link %s must be an IPv4 /30", o.Link)
@@ -110,6 +112,9 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	hostIP := o.Link.Addr().Next()
 	if err := Down(context.WithoutCancel(ctx), o.Name); err != nil {
 		return nil, fmt.Errorf("localkube: removing what a previous run of %s left: %w", o.Name, err)
+	}
+	if ifc := linkInUse(o.Link); ifc != "" {
+		return nil, fmt.Errorf("localkube: link %s is already on interface %s (another localkube cluster? `onehop cluster down --provider localkube --name <name>` removes one); pick another Link", o.Link, ifc)
 	}
 	bins, err := kubetest.Binaries(ctx, kubetest.Logf(o.Logf))
 	if err != nil {
@@ -202,4 +207,28 @@ func (c *Cluster) network(ctx context.Context, hostIP netip.Addr) error {
 		return fmt.Errorf("localkube: ip_forward in %s: %w: %s", p, err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// defaultLink is a /30 in 10.250.0.0/16 picked by the cluster's name (FNV-1a).
+func defaultLink(name string) netip.Prefix {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	n := h.Sum32() % (1 << 14) // 16384 /30s
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 250, byte(n >> 6), byte(n&63) << 2}), 30)
+}
+
+// linkInUse names the host interface holding an address of link, if any.
+func linkInUse(link netip.Prefix) string {
+	ifs, _ := net.Interfaces()
+	for _, ifc := range ifs {
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(ipn.IP); ok && link.Contains(ip.Unmap()) {
+					return ifc.Name
+				}
+			}
+		}
+	}
+	return ""
 }

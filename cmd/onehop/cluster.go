@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/onehop-mesh/onehop/clusters"
+	"github.com/onehop-mesh/onehop/clusters/localkube"
 	"github.com/onehop-mesh/onehop/clusters/netns"
 )
 
@@ -56,15 +57,23 @@ func clusterCmd() *cobra.Command {
 	up.Flags().StringVarP(&specPath, "spec", "f", "", "cluster spec YAML (default: 2 IPv4 nodes, no pods)")
 	up.Flags().StringVar(&name, "name", "lab", "lab name (overrides the spec's)")
 
+	var downProvider string
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Remove everything the lab created (also after a killed run)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			start := time.Now()
+			if downProvider == localkube.ProviderName { // a lab run with --provider localkube --keep
+				if err := localkube.Down(cmd.Context(), name); err != nil {
+					return err
+				}
+				fmt.Printf("localkube cluster %q is down (%.2fs)\n", name, time.Since(start).Seconds())
+				return nil
+			}
 			p, err := newProvider()
 			if err != nil {
 				return err
 			}
-			start := time.Now()
 			if err := p.Down(cmd.Context(), name); err != nil {
 				return err
 			}
@@ -73,6 +82,7 @@ func clusterCmd() *cobra.Command {
 		},
 	}
 	down.Flags().StringVar(&name, "name", "lab", "lab name")
+	down.Flags().StringVar(&downProvider, "provider", netns.ProviderName, "netns, or localkube (the lab's whole cluster)")
 
 	status := &cobra.Command{
 		Use:   "status",
