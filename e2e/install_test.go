@@ -36,32 +36,31 @@ func installOptions(ctx context.Context, cfg *envconf.Config) (install.Options, 
 
 // installOnehop installs the lab's control plane and the chart, and waits for every agent.
 func installOnehop(ctx context.Context, cfg *envconf.Config) (context.Context, error) {
-	cs, err := clientset(cfg)
-	if err != nil {
-		return ctx, err
-	}
-	o, err := installOptions(ctx, cfg)
-	if err != nil {
-		return ctx, err
-	}
-	xds, err := install.Onehop(ctx, cs, o)
-	if err != nil {
-		return ctx, err
-	}
-	log.Printf("onehop installed: control plane at %s, an agent on every node", xds)
-	return ctx, nil
+	return ctx, withInstall(ctx, cfg, func(cs kubernetes.Interface, o install.Options) error {
+		xds, err := install.Onehop(ctx, cs, o)
+		if err == nil {
+			log.Printf("onehop installed: control plane at %s, an agent on every node", xds)
+		}
+		return err
+	})
 }
 
 func uninstallOnehop(ctx context.Context, cfg *envconf.Config) (context.Context, error) {
+	return ctx, withInstall(ctx, cfg, func(cs kubernetes.Interface, o install.Options) error {
+		return install.Uninstall(ctx, cs, o)
+	})
+}
+
+func withInstall(ctx context.Context, cfg *envconf.Config, do func(kubernetes.Interface, install.Options) error) error {
 	cs, err := clientset(cfg)
 	if err != nil {
-		return ctx, err
+		return err
 	}
 	o, err := installOptions(ctx, cfg)
 	if err != nil {
-		return ctx, err
+		return err
 	}
-	return ctx, install.Uninstall(ctx, cs, o)
+	return do(cs, o)
 }
 
 func waitDeployment(ctx context.Context, cs kubernetes.Interface, ns, name string, timeout time.Duration) error {

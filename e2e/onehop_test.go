@@ -65,12 +65,7 @@ func TestAgentRollout(t *testing.T) {
 func TestEnrollmentAndBalancing(t *testing.T) {
 	ns := "e2e-enroll"
 	f := features.New("enrollment and VIP balancing").
-		Setup(func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
-			cs := must(clientset(cfg))(t)
-			createNamespace(ctx, t, cs, ns, map[string]string{kube.ModeLabel: kube.Mode})
-			deployWeb(ctx, t, cs, ns)
-			return ctx
-		}).
+		Setup(enrolledWeb(ns)).
 		Assess("connections to the VIP are balanced by onehop over both pods", func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
 			cs := must(clientset(cfg))(t)
 			before := webCounts(ctx, t, cs, ns)
@@ -114,10 +109,7 @@ func TestEnrollmentAndBalancing(t *testing.T) {
 			}
 			return ctx
 		}).
-		Teardown(func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
-			deleteNamespace(ctx, t, must(clientset(cfg))(t), ns)
-			return ctx
-		}).Feature()
+		Teardown(removeNamespace(ns)).Feature()
 	testenv.Test(t, f)
 }
 
@@ -127,12 +119,7 @@ func TestEnrollmentAndBalancing(t *testing.T) {
 func TestRestartUnderTraffic(t *testing.T) {
 	ns := "e2e-restart"
 	f := features.New("agent restart under traffic").
-		Setup(func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
-			cs := must(clientset(cfg))(t)
-			createNamespace(ctx, t, cs, ns, map[string]string{kube.ModeLabel: kube.Mode})
-			deployWeb(ctx, t, cs, ns)
-			return ctx
-		}).
+		Setup(enrolledWeb(ns)).
 		Assess("no connection or request is lost", func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
 			cs := must(clientset(cfg))(t)
 			vip := serviceVIP(ctx, t, cs, ns)
@@ -167,10 +154,7 @@ func TestRestartUnderTraffic(t *testing.T) {
 			}
 			return ctx
 		}).
-		Teardown(func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
-			deleteNamespace(ctx, t, must(clientset(cfg))(t), ns)
-			return ctx
-		}).Feature()
+		Teardown(removeNamespace(ns)).Feature()
 	testenv.Test(t, f)
 }
 
@@ -404,4 +388,21 @@ func hasLabels(m *dto.Metric, want map[string]string) bool {
 		}
 	}
 	return n == len(want)
+}
+
+// enrolledWeb makes namespace ns, labelled for onehop, with the web Service and its two pods.
+func enrolledWeb(ns string) features.Func {
+	return func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
+		cs := must(clientset(cfg))(t)
+		createNamespace(ctx, t, cs, ns, map[string]string{kube.ModeLabel: kube.Mode})
+		deployWeb(ctx, t, cs, ns)
+		return ctx
+	}
+}
+
+func removeNamespace(ns string) features.Func {
+	return func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
+		deleteNamespace(ctx, t, must(clientset(cfg))(t), ns)
+		return ctx
+	}
 }

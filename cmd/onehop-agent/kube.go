@@ -5,11 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/onehop-mesh/onehop/dataplane/agent"
@@ -36,9 +33,9 @@ type kubeMode struct {
 // state file and pod metadata follow as for POST /enroll). Its ready says whether the first pass
 // is done, which /readyz waits for.
 func startKubernetes(ctx context.Context, cfg config, srv *agent.Server, log *slog.Logger) (*kubeMode, error) {
-	rc, err := kubeRESTConfig(cfg.kube.kubeconfig)
+	rc, err := kube.RESTConfig(cfg.kube.kubeconfig)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--kubernetes: %w", err)
 	}
 	rc.UserAgent = "onehop-agent/" + cfg.nodeID
 	client, err := kubernetes.NewForConfig(rc)
@@ -65,25 +62,4 @@ func startKubernetes(ctx context.Context, cfg config, srv *agent.Server, log *sl
 		}
 	}()
 	return m, nil
-}
-
-// kubeRESTConfig is how to reach the API server: the kubeconfig (a list, as KUBECONFIG may be,
-// is merged as kubectl merges it), else the in-cluster config of the agent's pod.
-func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig == "" {
-		c, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("--kubernetes: no API server to watch: %v. Run the agent in a pod (its service account's in-cluster config), or pass --kubeconfig (KUBECONFIG)", err)
-		}
-		return c, nil
-	}
-	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfig}
-	if paths := filepath.SplitList(kubeconfig); len(paths) > 1 {
-		rules = &clientcmd.ClientConfigLoadingRules{Precedence: paths}
-	}
-	c, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
-	}
-	return c, nil
 }

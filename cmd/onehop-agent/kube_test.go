@@ -43,11 +43,11 @@ import (
 
 func TestKubeRESTConfigSaysWhatToSet(t *testing.T) {
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
-	_, err := kubeRESTConfig("")
+	_, err := kube.RESTConfig("")
 	if err == nil || !strings.Contains(err.Error(), "--kubeconfig") || !strings.Contains(err.Error(), "in a pod") {
 		t.Errorf("no in-cluster config, no kubeconfig: %v, want an error naming both ways", err)
 	}
-	if _, err := kubeRESTConfig(filepath.Join(t.TempDir(), "none")); err == nil || !strings.Contains(err.Error(), "--kubeconfig") {
+	if _, err := kube.RESTConfig(filepath.Join(t.TempDir(), "none")); err == nil || !strings.Contains(err.Error(), "--kubeconfig") {
 		t.Errorf("a missing kubeconfig: %v", err)
 	}
 	c, err := parseFlags([]string{"--node-id", "n1", "--kubernetes", "--kubeconfig", "/k", "--proc", "/host/proc"})

@@ -10,11 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/onehop-mesh/onehop/clusters/controlplane"
 	"github.com/onehop-mesh/onehop/clusters/kube"
+	dkube "github.com/onehop-mesh/onehop/dataplane/kube"
 	"github.com/onehop-mesh/onehop/clusters/services"
 )
 
@@ -42,7 +41,7 @@ gRPC on --listen, as istiod's port 15010.`,
 				}
 				prefixes = append(prefixes, p)
 			}
-			rc, err := restConfig(kubeconfig)
+			rc, err := dkube.RESTConfig(kubeconfig)
 			if err != nil {
 				return err
 			}
@@ -76,20 +75,4 @@ gRPC on --listen, as istiod's port 15010.`,
 	f.StringVar(&listen, "listen", ":15010", "xDS listen address (plaintext gRPC)")
 	f.StringSliceVar(&cidrs, "service-cidr", []string{"10.96.0.0/12"}, "the cluster's service CIDRs (its --service-cluster-ip-range), primary family first")
 	return cmd
-}
-
-// restConfig is the kubeconfig's, or the in-cluster config when it is empty.
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig == "" {
-		c, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("no kubeconfig (--kubeconfig or KUBECONFIG) and not in a pod: %w", err)
-		}
-		return c, nil
-	}
-	c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
-	}
-	return c, nil
 }
