@@ -12,10 +12,10 @@ package localkube
 
 import (
 	"bytes"
-	"hash/fnv"
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"os"

@@ -13,8 +13,8 @@ import (
 
 	"github.com/onehop-mesh/onehop/clusters/controlplane"
 	"github.com/onehop-mesh/onehop/clusters/kube"
-	dkube "github.com/onehop-mesh/onehop/dataplane/kube"
 	"github.com/onehop-mesh/onehop/clusters/services"
+	dkube "github.com/onehop-mesh/onehop/dataplane/kube"
 )
 
 // controlPlaneCmd serves a Kubernetes cluster's services over xDS with the lab's control plane
