@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -13,8 +15,12 @@ import (
 	"github.com/onehop-mesh/onehop/bench/report"
 	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/clusters/kind"
+	"github.com/onehop-mesh/onehop/clusters/kube"
 	"github.com/onehop-mesh/onehop/clusters/localkube"
 	"github.com/onehop-mesh/onehop/clusters/netns"
+	"github.com/onehop-mesh/onehop/deploy/image"
+	"github.com/onehop-mesh/onehop/deploy/install"
+	"github.com/onehop-mesh/onehop/internal/kubetest"
 	"github.com/onehop-mesh/onehop/scenarios"
 )
 
@@ -28,6 +34,10 @@ type overrides struct {
 	keep             bool
 	quick            bool
 	provider         string
+	kubeconfig       string
+	imageTag         string
+	serviceCIDR      string
+	chartSet         []string
 }
 
 // Quick settings: a first look at every scenario in a few minutes (bench-quick); results and
@@ -49,7 +59,11 @@ func (o *overrides) register(cmd *cobra.Command) {
 	f.StringVar(&o.lab, "lab", "bench", "name of the lab cluster the run creates and removes")
 	f.StringVar(&o.resultsDir, "results", "results", "directory for result JSON files")
 	f.BoolVar(&o.keep, "keep", false, "leave the lab up after the run")
-	f.StringVar(&o.provider, "provider", netns.ProviderName, "where the lab runs: netns (network namespaces on this host) localkube (a real single-node Kubernetes on this host, built from the module proxy) or kind (needs Docker or Podman); on Kubernetes the variants are baseline and onehop; run from the onehop checkout")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "--provider kube: the cluster's kubeconfig")
+	f.StringVar(&o.imageTag, "image-tag", "", "--provider kube: tag of onehop.local/onehop-agent and onehop.local/onehop-workload, already on every node (see e2e/README.md)")
+	f.StringVar(&o.serviceCIDR, "service-cidr", "10.96.0.0/12", "--provider kube: the cluster's service CIDR")
+	f.StringSliceVar(&o.chartSet, "chart-set", nil, "--provider kube: more helm --set values for the onehop chart (e.g. host.cgroup=/sys/fs/cgroup/unified)")
+	f.StringVar(&o.provider, "provider", netns.ProviderName, "where the lab runs: netns (network namespaces on this host) localkube (a real single-node Kubernetes on this host, built from the module proxy) kind (needs Docker or Podman) or kube (any cluster: --kubeconfig, --image-tag); on Kubernetes the variants are baseline and onehop; run from the onehop checkout")
 	f.BoolVar(&o.quick, "quick", false, fmt.Sprintf("a first look: %d repetitions of %s, %d restarts, %d new pods; reports are marked quick",
 		quickRepetitions, quickDuration, quickRestarts, quickPods))
 }
@@ -107,8 +121,14 @@ func (o *overrides) runner() (*scenarios.Runner, error) {
 			p = &kind.Provider{Source: ".", Logf: logf}
 		}
 		return &scenarios.Runner{Provider: p, Binary: self, ResultsDir: o.resultsDir, Lab: o.lab, Progress: os.Stderr, KeepCluster: o.keep}, nil
+	case kube.ProviderName:
+		p, err := o.kubeProvider()
+		if err != nil {
+			return nil, err
+		}
+		return &scenarios.Runner{Provider: p, Binary: kube.Binary, ResultsDir: o.resultsDir, Lab: o.lab, Progress: os.Stderr, KeepCluster: o.keep}, nil
 	default:
-		return nil, fmt.Errorf("--provider %q: netns, localkube or kind", o.provider)
+		return nil, fmt.Errorf("--provider %q: netns, localkube, kind or kube", o.provider)
 	}
 	p, err := newProvider()
 	if err != nil {
@@ -256,4 +276,29 @@ func benchAllCmd() *cobra.Command {
 	cmd.Flags().StringVar(&dir, "scenarios", "scenarios", "directory of scenario files")
 	cmd.Flags().StringVar(&outDir, "out", "reports", "report directory")
 	return cmd
+}
+
+// kubeProvider is the lab on the cluster of --kubeconfig, with images already on its nodes.
+func (o *overrides) kubeProvider() (*kube.Provider, error) {
+	if o.kubeconfig == "" || o.imageTag == "" {
+		return nil, fmt.Errorf("--provider kube needs --kubeconfig and --image-tag (load onehop.local/onehop-agent:<tag> and onehop.local/onehop-workload:<tag> on every node first, see e2e/README.md)")
+	}
+	cidr, err := netip.ParsePrefix(o.serviceCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("--service-cidr: %w", err)
+	}
+	ctx := context.Background()
+	logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+	helm, err := kubetest.Helm(ctx, logf)
+	if err != nil {
+		return nil, err
+	}
+	node, err := kubetest.NodeBinaries(ctx, logf) // kubectl
+	if err != nil {
+		return nil, err
+	}
+	agent, wl := image.Repository+":"+o.imageTag, image.WorkloadRepository+":"+o.imageTag
+	return &kube.Provider{Kubeconfig: o.kubeconfig, Kubectl: node.Kubectl, WorkloadImage: wl, ServiceCIDR: cidr,
+		Install: install.Options{Helm: helm, Chart: install.ChartDir("."), AgentImage: agent, WorkloadImage: wl, ServiceCIDR: cidr.String(),
+			Set: o.chartSet}}, nil
 }

@@ -2,6 +2,7 @@ package variants
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"k8s.io/client-go/kubernetes"
@@ -26,10 +27,18 @@ func init() {
 		}))
 		RegisterInstaller(provider, "onehop", kubeInstaller(func(ctx context.Context, c kubeCluster) (Deployment, error) {
 			if _, err := install.Onehop(ctx, c.Clientset(), c.InstallOptions()); err != nil {
-				return nil, fmt.Errorf("onehop: %w", err)
+				// Nothing half-applied: what got installed goes.
+				return nil, errors.Join(fmt.Errorf("onehop: %w", err), install.Uninstall(context.WithoutCancel(ctx), c.Clientset(), c.InstallOptions()))
 			}
 			return kubeOnehop{c}, nil
 		}))
+		// Istio's sidecar and ambient are real Istio on Kubernetes, installed from its charts;
+		// its proxies (Envoy, ztunnel) come only as images from a registry.
+		for _, v := range []string{"sidecar", "sidecar-plaintext", "ambient", "ambient-waypoint"} {
+			RegisterInstaller(provider, v, unavailable(fmt.Sprintf("%s on Kubernetes is real Istio installed from its Helm charts, whose proxies "+
+				"(Envoy, ztunnel) are images pulled from a registry (docker.io/istio); this machine reaches no registry, and neither proxy "+
+				"can be built from the Go module proxy or Debian. Here, run %s on the netns lab (--provider netns)", v, v)))
+		}
 	}
 }
 
@@ -61,4 +70,11 @@ func (kubeOnehop) Describe() string {
 
 func (k kubeOnehop) Uninstall(ctx context.Context, _ clusters.Cluster) error {
 	return install.Uninstall(ctx, k.c.Clientset(), k.c.InstallOptions())
+}
+
+// unavailable is a variant that cannot be installed on a provider, and says why.
+type unavailable string
+
+func (u unavailable) Install(context.Context, clusters.Cluster) (Deployment, error) {
+	return nil, errors.New(string(u))
 }

@@ -76,3 +76,15 @@ func TestDeploymentsAreNotShared(t *testing.T) {
 		t.Error("two clusters share onehop agents")
 	}
 }
+
+// On Kubernetes, Istio's variants need its images from a registry: installing one says so.
+func TestIstioOnKubernetesSaysRegistry(t *testing.T) {
+	_, err := Install(context.Background(), "sidecar", kubeNamed{namedCluster{name: "k"}})
+	if err == nil || !strings.Contains(err.Error(), "registry") || !strings.Contains(err.Error(), "--provider netns") {
+		t.Errorf("sidecar on kube: %v", err)
+	}
+}
+
+type kubeNamed struct{ namedCluster }
+
+func (kubeNamed) Provider() string { return "kube" }
