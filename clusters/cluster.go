@@ -116,6 +116,17 @@ type Process struct {
 	LogPath string
 	// Exited is closed when a detached process has exited (it is reaped for the caller).
 	Exited chan struct{}
+	// Terminate, when set, asks the process to stop as SIGTERM would, where the signal cannot
+	// reach it (a process in a remote pod); nil: SIGTERM.
+	Terminate func() error
+}
+
+// Term asks the process to stop: Terminate, or SIGTERM.
+func (p *Process) Term() error {
+	if p.Terminate != nil {
+		return p.Terminate()
+	}
+	return p.Process.Signal(syscall.SIGTERM)
 }
 
 // LogTail returns the last n bytes of the process's log, for error messages.

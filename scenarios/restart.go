@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/onehop-mesh/onehop/bench"
@@ -185,9 +184,9 @@ func startProbe(ctx context.Context, c clusters.Cluster, pod, binary string, cfg
 	}
 }
 
-// stop ends the probe with SIGTERM and returns its result.
+// stop ends the probe (SIGTERM, or its cluster's way) and returns its result.
 func (p *probeProc) stop() (*probe.Result, error) {
-	p.proc.Process.Signal(syscall.SIGTERM)
+	p.proc.Term()
 	var res *probe.Result
 	for line := range p.lines {
 		var r probe.Result

@@ -22,6 +22,10 @@ import (
 	"fortio.org/log"
 )
 
+// StdinEOFStops is the `onehop workload` flag that makes the end of standard input stop a
+// process as SIGTERM would: where a signal cannot reach it (kubectl exec, clusters/kube).
+const StdinEOFStops = "stdin-eof-stops"
+
 // EchoPath is the path the load requests; the server counts requests to it.
 const EchoPath = "/echo"
 

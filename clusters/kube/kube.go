@@ -34,6 +34,7 @@ import (
 	"k8s.io/client-go/transport/spdy"
 
 	"github.com/onehop-mesh/onehop/bench/cpu"
+	"github.com/onehop-mesh/onehop/bench/loadgen"
 	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/clusters/services"
 	"github.com/onehop-mesh/onehop/deploy/install"
@@ -231,6 +232,9 @@ func cmpOr(a, b string) string {
 	return b
 }
 
+// NodeName is the cluster's name of the lab's node (n1, n2, ...), "" if it has none.
+func (c *Cluster) NodeName(labNode string) string { return c.nodes[labNode] }
+
 // Kubeconfig is the cluster's, for variants that install with helm or kubectl.
 func (c *Cluster) Kubeconfig() string { return c.p.Kubeconfig }
 
@@ -406,8 +410,10 @@ func (c *Cluster) Start(ctx context.Context, podName string, cmd clusters.Comman
 		return nil, fmt.Errorf("kube: %s: processes as another user or in a container of their own are for the netns lab", cmd.Name)
 	}
 	argv := slices.Clone(cmd.Argv)
-	if len(argv) > 0 && filepath.Base(argv[0]) == "onehop" {
-		argv[0] = Binary
+	lab := len(argv) > 1 && filepath.Base(argv[0]) == "onehop" && argv[1] == "workload"
+	if lab {
+		// SIGTERM to kubectl does not reach the remote process: closing its standard input does.
+		argv = append([]string{Binary, "workload", "--" + loadgen.StdinEOFStops}, argv[2:]...)
 	}
 	logPath := filepath.Join(c.dir, podName+"-"+cmd.Name+".log")
 	logf, err := os.Create(logPath)
@@ -425,6 +431,13 @@ func (c *Cluster) Start(ctx context.Context, podName string, cmd clusters.Comman
 		x = exec.Command(x.Path, x.Args[1:]...) // outlives ctx, as the netns lab's detached processes
 		x.Stdout, x.Stderr = p.Stdout, p.Stderr
 		p.Cmd = x
+	}
+	var stdin io.WriteCloser
+	if lab {
+		if stdin, err = x.StdinPipe(); err != nil {
+			return nil, err
+		}
+		p.Terminate = stdin.Close
 	}
 	if err := x.Start(); err != nil {
 		return nil, fmt.Errorf("kube: kubectl exec in %s: %w", podName, err)

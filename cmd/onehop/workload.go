@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sort"
@@ -22,6 +24,20 @@ import (
 // workloadCmd holds what runs inside pods; users do not call it directly.
 func workloadCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "workload", Short: "Processes that run inside lab pods", Hidden: true}
+	var eofStops bool
+	cmd.PersistentFlags().BoolVar(&eofStops, loadgen.StdinEOFStops, false,
+		"stop as on SIGTERM when standard input ends: where the signal cannot reach the process (kubectl exec)")
+	cmd.PersistentPreRun = func(c *cobra.Command, _ []string) {
+		if !eofStops {
+			return
+		}
+		ctx, cancel := context.WithCancel(c.Context())
+		go func() {
+			io.Copy(io.Discard, os.Stdin)
+			cancel()
+		}()
+		c.SetContext(ctx)
+	}
 	var port int
 	var statsHost string
 	server := &cobra.Command{

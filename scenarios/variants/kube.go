@@ -4,6 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"k8s.io/client-go/kubernetes"
 
@@ -16,6 +22,7 @@ import (
 type kubeCluster interface {
 	Clientset() kubernetes.Interface
 	InstallOptions() install.Options
+	NodeName(labNode string) string
 }
 
 // On Kubernetes, the baseline is the cluster's own kube-proxy, and onehop is its chart with the
@@ -77,4 +84,57 @@ type unavailable string
 
 func (u unavailable) Install(context.Context, clusters.Cluster) (Deployment, error) {
 	return nil, errors.New(string(u))
+}
+
+// Restart restarts the agent on node as Kubernetes does: its pod is deleted, with the default
+// grace period for SIGTERM (the kubelet sends SIGTERM) or none for SIGKILL (the kubelet kills
+// it), and the DaemonSet starts a new one; ready when the new pod is.
+func (k kubeOnehop) Restart(ctx context.Context, _ clusters.Cluster, node string, sig syscall.Signal) (RestartEvent, error) {
+	cs := k.c.Clientset()
+	ev := RestartEvent{Node: node, Signal: unix.SignalName(sig)}
+	name := k.c.NodeName(node)
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent", FieldSelector: "spec.nodeName=" + name}
+	pods, err := cs.CoreV1().Pods(install.Namespace).List(ctx, sel)
+	if err != nil || len(pods.Items) != 1 {
+		return ev, fmt.Errorf("onehop: the agent pod on node %s (%s): %d pods, %v", node, name, len(pods.Items), err)
+	}
+	old := pods.Items[0]
+	var grace *int64
+	switch sig {
+	case syscall.SIGTERM:
+	case syscall.SIGKILL:
+		grace = new(int64)
+	default:
+		return ev, fmt.Errorf("onehop on Kubernetes restarts with SIGTERM or SIGKILL, not %s", ev.Signal)
+	}
+	ev.StoppedAt = time.Now()
+	if err := cs.CoreV1().Pods(install.Namespace).Delete(ctx, old.Name, metav1.DeleteOptions{GracePeriodSeconds: grace}); err != nil {
+		return ev, fmt.Errorf("onehop: delete agent pod %s: %w", old.Name, err)
+	}
+	var now corev1.Pod
+	err = install.Poll(ctx, 2*time.Minute, func() (bool, string) {
+		l, err := cs.CoreV1().Pods(install.Namespace).List(ctx, sel)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, p := range l.Items {
+			if p.UID == old.UID || p.DeletionTimestamp != nil {
+				continue
+			}
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+					now = p
+					return true, ""
+				}
+			}
+		}
+		return false, fmt.Sprintf("no new ready agent on %s yet", name)
+	})
+	if err != nil {
+		return ev, fmt.Errorf("onehop: agent on %s: %w", node, err)
+	}
+	ev.ReadyAt = time.Now()
+	ev.ReadyMS = float64(ev.ReadyAt.Sub(ev.StoppedAt).Microseconds()) / 1000
+	ev.Daemon = fmt.Sprintf("onehop-agent pod %s -> %s", old.Name, now.Name)
+	return ev, nil
 }
