@@ -56,7 +56,7 @@ type Containerd struct {
 	v2       string     // containerd's own cgroup v2 directory: containers' cgroups are relative to it
 	v1       []string   // containerd's own cgroup v1 directories, one per hierarchy
 	mu       sync.Mutex // guards cgroups
-	cgroups  map[string]string
+	cgroups  map[string]cgroupRel // container id -> its cgroupsPath
 	stopOnce sync.Once
 }
 
@@ -71,7 +71,7 @@ func StartContainerd(ctx context.Context) (*Containerd, error) {
 		return nil, err
 	}
 	c := &Containerd{Dir: dir, Address: filepath.Join(dir, "containerd.sock"), Namespace: "onehop",
-		exited: make(chan struct{}), cgroups: map[string]string{}}
+		exited: make(chan struct{}), cgroups: map[string]cgroupRel{}}
 	if _, err := os.Stat("/run/containerd"); os.IsNotExist(err) {
 		c.madeRun = true
 	}
@@ -181,9 +181,9 @@ func (c *Containerd) RunArgv(ct Container) []string {
 	if ct.Netns != "" {
 		argv = append(argv, "--with-ns", "network:"+ct.Netns)
 	}
-	if ct.Cgroup != "" {
-		argv = append(argv, "--cgroup", c.cgroupPath(ct.ID, ct.Cgroup))
-	}
+	// Always explicit, so that Remove knows every cgroup runc makes (runc's default,
+	// <namespace>/<id>, would otherwise leave its <namespace> parent behind).
+	argv = append(argv, "--cgroup", c.cgroupPath(ct.ID, ct.Cgroup))
 	caps := c.Caps
 	if caps == nil {
 		caps = AgentCapabilities
@@ -216,14 +216,24 @@ func (c *Containerd) RunArgv(ct Container) []string {
 // containerd's v2 cgroup cannot be reached that way: the container then gets one of its own
 // beside containerd's.
 func (c *Containerd) cgroupPath(id, dir string) string {
-	rel, err := filepath.Rel(c.v2, dir)
-	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
-		rel = filepath.Join(c.Namespace, id)
+	r := cgroupRel{}
+	if dir != "" {
+		r.path, _ = filepath.Rel(c.v2, dir)
+	}
+	if r.path == "" || r.path == "." || strings.HasPrefix(r.path, "..") {
+		r = cgroupRel{path: filepath.Join(c.Namespace, id), own: true}
 	}
 	c.mu.Lock()
-	c.cgroups[id] = rel
+	c.cgroups[id] = r
 	c.mu.Unlock()
-	return rel
+	return r.path
+}
+
+// cgroupRel is a container's cgroupsPath, relative to containerd's cgroups; own: one of the
+// Containerd's own (no lab directory asked for), in cgroup v2 as well as v1.
+type cgroupRel struct {
+	path string
+	own  bool
 }
 
 // ownCgroups finds containerd's cgroup in every hierarchy.
@@ -257,18 +267,23 @@ func (c *Containerd) ownCgroups() error {
 	return sc.Err()
 }
 
-// removeCgroups removes what runc left of a container's cgroups in the v1 hierarchies: its own
-// directories and the parents made on the way, all below containerd's own cgroups (the v2 ones
-// are the lab's and go with the lab). Only empty directories go (rmdir).
+// removeCgroups removes what runc left of a container's cgroups: its own directories and the
+// parents made on the way, all below containerd's own cgroups, in the v1 hierarchies, and in v2
+// too for a cgroup of the Containerd's own (a lab's v2 directory goes with the lab). Only empty
+// directories go (rmdir).
 func (c *Containerd) removeCgroups(id string) {
 	c.mu.Lock()
-	rel, ok := c.cgroups[id]
+	r, ok := c.cgroups[id]
 	c.mu.Unlock()
 	if !ok {
 		return
 	}
-	for _, root := range c.v1 {
-		for p := rel; p != "." && p != "/"; p = filepath.Dir(p) {
+	roots := c.v1
+	if r.own {
+		roots = append(slices.Clone(roots), c.v2)
+	}
+	for _, root := range roots {
+		for p := r.path; p != "." && p != "/"; p = filepath.Dir(p) {
 			unix.Rmdir(filepath.Join(root, p))
 		}
 	}

@@ -171,9 +171,16 @@ func TestContainerdImportsAndRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := c.Dir
+	// runc's cgroups go with the containers, parents included (unless another test's
+	// containerd made that parent first).
+	nsCgroup := filepath.Join(c.v2, c.Namespace)
+	_, nsBefore := os.Stat(nsCgroup)
 	t.Cleanup(func() {
 		if err := c.Close(); err != nil {
 			t.Error(err)
+		}
+		if _, err := os.Stat(nsCgroup); err == nil && nsBefore != nil {
+			t.Errorf("cgroup %s is still there after Close", nsCgroup)
 		}
 		if _, err := os.Stat(dir); !os.IsNotExist(err) {
 			t.Errorf("containerd's directory %s is still there after Close: %v", dir, err)
