@@ -52,10 +52,10 @@ type Containerd struct {
 
 	cmd      *exec.Cmd
 	exited   chan struct{}
-	madeRun  bool       // /run/containerd did not exist before
-	v2       string     // containerd's own cgroup v2 directory: containers' cgroups are relative to it
-	v1       []string   // containerd's own cgroup v1 directories, one per hierarchy
-	mu       sync.Mutex // guards cgroups
+	madeRun  bool                 // /run/containerd did not exist before
+	v2       string               // containerd's own cgroup v2 directory: containers' cgroups are relative to it
+	v1       []string             // containerd's own cgroup v1 directories, one per hierarchy
+	mu       sync.Mutex           // guards cgroups
 	cgroups  map[string]cgroupRel // container id -> its cgroupsPath
 	stopOnce sync.Once
 }
