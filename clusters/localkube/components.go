@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"fmt"
 	"io"
 	"net/http"
@@ -51,27 +50,6 @@ func (c *Cluster) cgroups() error {
 		return fmt.Errorf("localkube: cgroup %s: %w", c.CgroupV2, err)
 	}
 	return nil
-}
-
-func kubeconfig(c *Cluster, pki kubetest.PKI) []byte {
-	b64 := base64.StdEncoding.EncodeToString
-	return fmt.Appendf(nil, `apiVersion: v1
-kind: Config
-clusters:
-- name: %[1]s
-  cluster:
-    server: https://%[2]s:%[3]d
-    certificate-authority-data: %[4]s
-users:
-- name: admin
-  user:
-    client-certificate-data: %[5]s
-    client-key-data: %[6]s
-contexts:
-- name: %[1]s
-  context: {cluster: %[1]s, user: admin}
-current-context: %[1]s
-`, prefix(c.Name), c.NodeIP, apiPort, b64(pki.CAPEM), b64(pki.AdminCertPEM), b64(pki.AdminKeyPEM))
 }
 
 // start runs argv in the node's network namespace, detached: the cluster outlives the command
@@ -218,12 +196,9 @@ state = %[2]q
 	return c.LoadImage(ctx, res.Path)
 }
 
+// ctr runs ctr against the node's containerd, in the CRI's namespace.
 func (c *Cluster) ctr(ctx context.Context, args ...string) ([]byte, error) {
-	out, err := exec.CommandContext(ctx, "ctr", append([]string{"--address", c.containerd, "--namespace", "k8s.io"}, args...)...).CombinedOutput()
-	if err != nil {
-		return out, fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	return out, nil
+	return image.Ctr(ctx, c.containerd, "k8s.io", args...)
 }
 
 // LoadImage imports a docker-archive tarball into the node's containerd, as `kind load

@@ -1,7 +1,6 @@
 package localkube
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -9,13 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/onehop-mesh/onehop/deploy/image"
 )
 
 // Down removes the cluster of that name and everything it made: its processes (the
@@ -40,14 +38,14 @@ func Down(ctx context.Context, name string) error {
 			stopPid(pid)
 		}
 	}
-	for _, pid := range shims(filepath.Join(dir, "containerd")) {
+	for _, pid := range image.ShimsOf(containerdSocket(dir)) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	cgDirs := cgroupDirs(p)
 	for _, d := range cgDirs {
 		killCgroup(d)
 	}
-	errs = append(errs, unmountUnder(dir))
+	errs = append(errs, image.UnmountUnder(dir))
 	deadline := time.Now().Add(10 * time.Second)
 	for i := len(cgDirs) - 1; i >= 0; i-- {
 		for {
@@ -95,29 +93,6 @@ func stopPid(pid int) {
 	syscall.Kill(pid, syscall.SIGKILL)
 }
 
-// shims are the containerd-shim processes of the containerd whose directory is dir.
-func shims(dir string) []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if strings.Contains(filepath.Base(args[0]), "containerd-shim") && slices.ContainsFunc(args, func(a string) bool {
-			return strings.HasPrefix(a, dir+string(filepath.Separator))
-		}) {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
 // cgroupDirs lists the cluster's cgroups in every hierarchy, parents before children.
 func cgroupDirs(p string) []string {
 	var out []string
@@ -146,53 +121,4 @@ func killCgroup(dir string) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-}
-
-// unmountUnder detaches every mount at or below dir, deepest first (containers' root
-// filesystems, their shm, pods' network namespaces and volumes, the bpffs).
-func unmountUnder(dir string) error {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	var points []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescape(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			points = append(points, mp)
-		}
-	}
-	slices.SortFunc(points, func(a, b string) int { return len(b) - len(a) })
-	var errs []error
-	for _, mp := range points {
-		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("localkube: unmount %s: %w", mp, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/client-go/rest"
 
 	"github.com/onehop-mesh/onehop/deploy/image"
 	"github.com/onehop-mesh/onehop/internal/kubetest"
@@ -129,7 +130,7 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		NodeIP: hostIP.Next(), CgroupV2: filepath.Join(cgroupV2, p), ServiceCIDR: netip.MustParsePrefix(serviceCIDR),
 		PodCIDR: netip.MustParsePrefix(podCIDR), Bins: nodeBins}
 	c.BPFFS, c.RunDir = filepath.Join(c.Dir, "bpf"), filepath.Join(c.Dir, "run")
-	c.containerd = filepath.Join(c.Dir, "containerd", "containerd.sock")
+	c.containerd = containerdSocket(c.Dir)
 	defer func() {
 		if err != nil {
 			if derr := Down(context.WithoutCancel(ctx), o.Name); derr != nil {
@@ -161,7 +162,8 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		return nil, err
 	}
 	c.Kubeconfig = filepath.Join(c.Dir, "kubeconfig")
-	if err := os.WriteFile(c.Kubeconfig, kubeconfig(c, pki), 0o600); err != nil {
+	if err := kubetest.WriteKubeconfig(c.Kubeconfig, prefix(c.Name), &rest.Config{Host: fmt.Sprintf("https://%s:%d", c.NodeIP, apiPort),
+		TLSClientConfig: rest.TLSClientConfig{CAData: pki.CAPEM, CertData: pki.AdminCertPEM, KeyData: pki.AdminKeyPEM}}); err != nil {
 		return nil, err
 	}
 	o.Logf("localkube %s: etcd and kube-apiserver at https://%s:%d", o.Name, c.NodeIP, apiPort)
@@ -232,3 +234,7 @@ func linkInUse(link netip.Prefix) string {
 	}
 	return ""
 }
+
+// containerdSocket is the node containerd's socket, in the cluster's directory dir (its shims
+// name it as their -address).
+func containerdSocket(dir string) string { return filepath.Join(dir, "containerd", "containerd.sock") }

@@ -121,7 +121,7 @@ spec: {selector: {app: web}, ports: [{port: 8080}]}
 	if strings.Contains(string(mi), c.Dir) {
 		t.Errorf("mounts under %s after Down", c.Dir)
 	}
-	if s := shims(filepath.Join(c.Dir, "containerd")); len(s) > 0 {
+	if s := image.ShimsOf(c.containerd); len(s) > 0 {
 		t.Errorf("containerd shims left: %v", s)
 	}
 	if err := Down(ctx, name); err != nil {

@@ -3,6 +3,7 @@ package image
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -145,7 +146,13 @@ func (c *Containerd) CtrArgv(args ...string) []string {
 
 // Ctr runs ctr and returns its output; an error carries it.
 func (c *Containerd) Ctr(ctx context.Context, args ...string) ([]byte, error) {
-	argv := c.CtrArgv(args...)
+	return Ctr(ctx, c.Address, c.Namespace, args...)
+}
+
+// Ctr runs ctr against the containerd at address, in namespace, and returns its output; an
+// error carries it.
+func Ctr(ctx context.Context, address, namespace string, args ...string) ([]byte, error) {
+	argv := append([]string{"ctr", "--address", address, "--namespace", namespace}, args...)
 	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
@@ -358,7 +365,7 @@ func (c *Containerd) Close() error {
 			}
 		}
 		// A shim outlives containerd by design; one left (its container was not removed) dies.
-		for _, pid := range c.shims() {
+		for _, pid := range ShimsOf(c.Address) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		c.mu.Lock()
@@ -370,13 +377,7 @@ func (c *Containerd) Close() error {
 		for _, id := range ids {
 			c.removeCgroups(id)
 		}
-		if mounts, err := readMounts(); err == nil {
-			for i := len(mounts) - 1; i >= 0; i-- { // deepest first
-				if strings.HasPrefix(mounts[i].point, c.Dir+"/") {
-					unix.Unmount(mounts[i].point, unix.MNT_DETACH)
-				}
-			}
-		}
+		UnmountUnder(c.Dir)
 		if err := os.RemoveAll(c.Dir); err != nil {
 			errs = append(errs, err.Error())
 		}
@@ -391,8 +392,8 @@ func (c *Containerd) Close() error {
 	return nil
 }
 
-// shims are the pids of the shims serving this containerd (their -address is its socket).
-func (c *Containerd) shims() []int {
+// ShimsOf are the pids of the shims serving the containerd at address (their -address).
+func ShimsOf(address string) []int {
 	var pids []int
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, d := range dirs {
@@ -401,13 +402,33 @@ func (c *Containerd) shims() []int {
 		if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") {
 			continue
 		}
-		if i := slices.Index(args, "-address"); i >= 0 && i+1 < len(args) && args[i+1] == c.Address {
+		if i := slices.Index(args, "-address"); i >= 0 && i+1 < len(args) && args[i+1] == address {
 			pid, _ := strconv.Atoi(filepath.Base(d))
 			pids = append(pids, pid)
 		}
 	}
 	sort.Ints(pids)
 	return pids
+}
+
+// UnmountUnder detaches every mount at or below dir (a containerd's root filesystems, shm,
+// pods' network namespaces, a bpffs), last mounted first, so submounts go before their parents.
+func UnmountUnder(dir string) error {
+	mounts, err := readMounts()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for i := len(mounts) - 1; i >= 0; i-- {
+		mp := mounts[i].point
+		if mp != dir && !strings.HasPrefix(mp, dir+"/") {
+			continue
+		}
+		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 type mount struct {

@@ -185,8 +185,8 @@ func TestContainerdImportsAndRuns(t *testing.T) {
 		if _, err := os.Stat(dir); !os.IsNotExist(err) {
 			t.Errorf("containerd's directory %s is still there after Close: %v", dir, err)
 		}
-		if len(c.shims()) != 0 {
-			t.Errorf("shims left after Close: %v", c.shims())
+		if s := ShimsOf(c.Address); len(s) != 0 {
+			t.Errorf("shims left after Close: %v", s)
 		}
 	})
 	if err := c.Import(ctx, res.Path); err != nil {

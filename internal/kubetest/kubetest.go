@@ -150,18 +150,20 @@ func Start(t testing.TB) *Env {
 	}
 
 	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := writeKubeconfig(kubeconfig, cfg); err != nil {
+	if err := WriteKubeconfig(kubeconfig, "kubetest", cfg); err != nil {
 		t.Fatalf("kubetest: %v", err)
 	}
 	return &Env{Config: cfg, Kubeconfig: kubeconfig, Client: client}
 }
 
-func writeKubeconfig(path string, cfg *rest.Config) error {
+// WriteKubeconfig writes cfg's server and client certificate as a kubeconfig whose cluster and
+// current context are called name.
+func WriteKubeconfig(path, name string, cfg *rest.Config) error {
 	kc := clientcmdapi.NewConfig()
-	kc.Clusters["kubetest"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	kc.Clusters[name] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
 	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData}
-	kc.Contexts["kubetest"] = &clientcmdapi.Context{Cluster: "kubetest", AuthInfo: "admin"}
-	kc.CurrentContext = "kubetest"
+	kc.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: "admin"}
+	kc.CurrentContext = name
 	if err := clientcmd.WriteToFile(*kc, path); err != nil {
 		return fmt.Errorf("write kubeconfig %s: %w", path, err)
 	}
