@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"log"
-	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
@@ -61,16 +60,4 @@ func withInstall(ctx context.Context, cfg *envconf.Config, do func(kubernetes.In
 		return err
 	}
 	return do(cs, o)
-}
-
-func waitDeployment(ctx context.Context, cs kubernetes.Interface, ns, name string, timeout time.Duration) error {
-	return install.WaitDeployment(ctx, cs, ns, name, timeout)
-}
-
-func waitDaemonSet(ctx context.Context, cs kubernetes.Interface, ns, name string, timeout time.Duration) error {
-	return install.WaitDaemonSet(ctx, cs, ns, name, timeout)
-}
-
-func poll(ctx context.Context, timeout time.Duration, cond func() (bool, string)) error {
-	return install.Poll(ctx, timeout, cond)
 }

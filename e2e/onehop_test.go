@@ -28,6 +28,7 @@ import (
 	"github.com/onehop-mesh/onehop/bench/loadgen"
 	"github.com/onehop-mesh/onehop/bench/probe"
 	"github.com/onehop-mesh/onehop/dataplane/kube"
+	"github.com/onehop-mesh/onehop/deploy/install"
 )
 
 // Every node runs one ready agent of the chart, healthy and ready by its own endpoints.
@@ -35,7 +36,7 @@ func TestAgentRollout(t *testing.T) {
 	f := features.New("agent rollout").
 		Assess("every node runs a ready agent", func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
 			cs := must(clientset(cfg))(t)
-			if err := waitDaemonSet(ctx, cs, system, agentDS, time.Minute); err != nil {
+			if err := install.WaitDaemonSet(ctx, cs, system, agentDS, time.Minute); err != nil {
 				t.Fatal(err)
 			}
 			nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
@@ -133,7 +134,7 @@ func TestRestartUnderTraffic(t *testing.T) {
 				t.Fatal(err)
 			}
 			time.Sleep(time.Second) // the controller sees the new template before waitDaemonSet looks
-			if err := waitDaemonSet(ctx, cs, system, agentDS, 2*time.Minute); err != nil {
+			if err := install.WaitDaemonSet(ctx, cs, system, agentDS, 2*time.Minute); err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("DaemonSet rolled in %s", time.Since(restartAt).Round(100*time.Millisecond))
@@ -179,7 +180,7 @@ func deleteNamespace(ctx context.Context, t *testing.T, cs kubernetes.Interface,
 	if err := cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 		t.Error(err)
 	}
-	if err := poll(ctx, 2*time.Minute, func() (bool, string) {
+	if err := install.Poll(ctx, 2*time.Minute, func() (bool, string) {
 		_, err := cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 		return err != nil, "namespace " + ns + " still terminating"
 	}); err != nil {
@@ -207,7 +208,7 @@ func deployWeb(ctx context.Context, t *testing.T, cs kubernetes.Interface, ns st
 		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitDeployment(ctx, cs, ns, "web", 2*time.Minute); err != nil {
+	if err := install.WaitDeployment(ctx, cs, ns, "web", 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -252,7 +253,7 @@ func podLogs(ctx context.Context, cs kubernetes.Interface, ns, pod string) (stri
 // waitLog waits until the job's pod has logged want.
 func waitLog(ctx context.Context, t *testing.T, cs kubernetes.Interface, ns, job, want string) {
 	t.Helper()
-	if err := poll(ctx, 2*time.Minute, func() (bool, string) {
+	if err := install.Poll(ctx, 2*time.Minute, func() (bool, string) {
 		pod, err := jobPod(ctx, cs, ns, job)
 		if err != nil {
 			return false, err.Error()
@@ -267,7 +268,7 @@ func waitLog(ctx context.Context, t *testing.T, cs kubernetes.Interface, ns, job
 // waitJob waits for the job to succeed and returns its pod's log.
 func waitJob(ctx context.Context, t *testing.T, cs kubernetes.Interface, ns, name string, timeout time.Duration) string {
 	t.Helper()
-	if err := poll(ctx, timeout, func() (bool, string) {
+	if err := install.Poll(ctx, timeout, func() (bool, string) {
 		j, err := cs.BatchV1().Jobs(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()

@@ -105,37 +105,35 @@ func (o *overrides) load(path string) (*scenarios.Scenario, error) {
 }
 
 func (o *overrides) runner() (*scenarios.Runner, error) {
+	var (
+		p      clusters.Provider
+		binary = kube.Binary // on Kubernetes, the lab's binary in the workload image
+		err    error
+	)
+	logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
 	switch o.provider {
 	case netns.ProviderName, "":
+		np, err := newProvider()
+		if err != nil {
+			return nil, err
+		}
+		p, binary = np, np.Binary
 	case localkube.ProviderName, kind.ProviderName:
 		if _, err := os.Stat(filepath.Join("cmd", "onehop-agent")); err != nil {
 			return nil, fmt.Errorf("--provider %s builds the agent's and the workload's images from source: run it from the onehop checkout (%v)", o.provider, err)
 		}
-		self, err := os.Executable()
-		if err != nil {
-			return nil, err
-		}
-		logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
-		var p clusters.Provider = &localkube.Provider{Source: ".", Logf: logf}
+		p = &localkube.Provider{Source: ".", Logf: logf}
 		if o.provider == kind.ProviderName {
 			p = &kind.Provider{Source: ".", Logf: logf}
 		}
-		return &scenarios.Runner{Provider: p, Binary: self, ResultsDir: o.resultsDir, Lab: o.lab, Progress: os.Stderr, KeepCluster: o.keep}, nil
 	case kube.ProviderName:
-		p, err := o.kubeProvider()
-		if err != nil {
+		if p, err = o.kubeProvider(logf); err != nil {
 			return nil, err
 		}
-		return &scenarios.Runner{Provider: p, Binary: kube.Binary, ResultsDir: o.resultsDir, Lab: o.lab, Progress: os.Stderr, KeepCluster: o.keep}, nil
 	default:
 		return nil, fmt.Errorf("--provider %q: netns, localkube, kind or kube", o.provider)
 	}
-	p, err := newProvider()
-	if err != nil {
-		return nil, err
-	}
-	return &scenarios.Runner{Provider: p, Binary: p.Binary, ResultsDir: o.resultsDir, Lab: o.lab,
-		Progress: os.Stderr, KeepCluster: o.keep}, nil
+	return &scenarios.Runner{Provider: p, Binary: binary, ResultsDir: o.resultsDir, Lab: o.lab, Progress: os.Stderr, KeepCluster: o.keep}, nil
 }
 
 func runCmd() *cobra.Command {
@@ -279,7 +277,7 @@ func benchAllCmd() *cobra.Command {
 }
 
 // kubeProvider is the lab on the cluster of --kubeconfig, with images already on its nodes.
-func (o *overrides) kubeProvider() (*kube.Provider, error) {
+func (o *overrides) kubeProvider(logf func(string, ...any)) (*kube.Provider, error) {
 	if o.kubeconfig == "" || o.imageTag == "" {
 		return nil, fmt.Errorf("--provider kube needs --kubeconfig and --image-tag (load onehop.local/onehop-agent:<tag> and onehop.local/onehop-workload:<tag> on every node first, see e2e/README.md)")
 	}
@@ -288,7 +286,6 @@ func (o *overrides) kubeProvider() (*kube.Provider, error) {
 		return nil, fmt.Errorf("--service-cidr: %w", err)
 	}
 	ctx := context.Background()
-	logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
 	helm, err := kubetest.Helm(ctx, logf)
 	if err != nil {
 		return nil, err
