@@ -28,6 +28,15 @@ func TestUpRunsPodsAndDownLeavesNothing(t *testing.T) {
 	}
 	name := fmt.Sprintf("t%d", os.Getpid()%100000)
 	ctx := context.Background()
+	hostNetns := func() map[string]bool {
+		m := map[string]bool{}
+		entries, _ := os.ReadDir("/run/netns")
+		for _, e := range entries {
+			m[e.Name()] = true
+		}
+		return m
+	}
+	netnsBefore := hostNetns()
 	c, err := Up(ctx, Options{Name: name, Source: repoRoot(), Link: mustPrefix("10.250.1.0/30"), Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
@@ -115,6 +124,12 @@ spec: {selector: {app: web}, ports: [{port: 8080}]}
 	for _, p := range []string{c.Dir, c.Netns, c.CgroupV2, filepath.Join(cgroupFS, "memory", prefix(name)), "/sys/class/net/" + prefix(name)} {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s is still there after Down", p)
+		}
+	}
+	// Pods' namespaces live under containerd's state directory, not in the host's /run/netns.
+	for n := range hostNetns() {
+		if !netnsBefore[n] && strings.HasPrefix(n, "cni-") {
+			t.Errorf("pod network namespace /run/netns/%s is still there after Down", n)
 		}
 	}
 	mi, _ := os.ReadFile("/proc/self/mountinfo")

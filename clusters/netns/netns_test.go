@@ -261,7 +261,14 @@ type hostState map[string][]string
 
 func snapshotHost(t *testing.T, p *Provider, ours string) hostState {
 	t.Helper()
+	// Other packages' tests make objects of their own prefixes meanwhile: Prometheus's
+	// (ohprom-), localkube's node (ohk-) and its pods (cni-).
 	other := func(name string) bool {
+		for _, p := range []string{"ohprom-", "ohk-", "cni-"} {
+			if strings.Contains(name, p) {
+				return true
+			}
+		}
 		return strings.Contains(name, "onehop-") && !strings.Contains(name, prefix(ours))
 	}
 	keep := func(lines []string) []string {
@@ -323,11 +330,23 @@ func snapshotHost(t *testing.T, p *Provider, ours string) hostState {
 	}
 }
 
+// diff lists what b has that a had not: what the lab left. Objects that went away meanwhile
+// are another test's (packages run in parallel), not a leak.
 func (a hostState) diff(b hostState) string {
 	var out []string
-	for k := range a {
-		if strings.Join(a[k], "\n") != strings.Join(b[k], "\n") {
-			out = append(out, fmt.Sprintf("%s:\n  before %q\n  after  %q", k, a[k], b[k]))
+	for k := range b {
+		had := map[string]bool{}
+		for _, v := range a[k] {
+			had[v] = true
+		}
+		var added []string
+		for _, v := range b[k] {
+			if !had[v] {
+				added = append(added, v)
+			}
+		}
+		if len(added) > 0 {
+			out = append(out, fmt.Sprintf("%s: %q", k, added))
 		}
 	}
 	sort.Strings(out)
