@@ -69,6 +69,7 @@ func TestEnrollmentAndBalancing(t *testing.T) {
 		Setup(enrolledWeb(ns)).
 		Assess("connections to the VIP are balanced by onehop over both pods", func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
 			cs := must(clientset(cfg))(t)
+			enrolledAnnotation(ctx, t, cs, ns, true)
 			before := webCounts(ctx, t, cs, ns)
 			opened := connectionsOpened(ctx, t, cs, ns)
 			res := runLoad(ctx, t, cs, ns, "load-1")
@@ -99,7 +100,7 @@ func TestEnrollmentAndBalancing(t *testing.T) {
 			if _, err := cs.CoreV1().Namespaces().Patch(ctx, ns, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(3 * time.Second) // the agent's watch; enrollment follows within a second or so
+			enrolledAnnotation(ctx, t, cs, ns, false)
 			opened := connectionsOpened(ctx, t, cs, ns)
 			res := runLoad(ctx, t, cs, ns, "load-2")
 			if got := connectionsOpened(ctx, t, cs, ns) - opened; got != 0 {
@@ -319,6 +320,27 @@ func runLoad(ctx context.Context, t *testing.T, cs kubernetes.Interface, ns, nam
 func proxyGet(ctx context.Context, cs kubernetes.Interface, ns, pod string, port int, path string) ([]byte, error) {
 	return cs.CoreV1().RESTClient().Get().Namespace(ns).Resource("pods").Name(pod + ":" + strconv.Itoa(port)).
 		SubResource("proxy").Suffix(path).DoRaw(ctx)
+}
+
+// enrolledAnnotation waits until every pod of ns has the agent's enrolled annotation (on), or
+// none has (off).
+func enrolledAnnotation(ctx context.Context, t *testing.T, cs kubernetes.Interface, ns string, on bool) {
+	t.Helper()
+	err := install.Poll(ctx, time.Minute, func() (bool, string) {
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, p := range pods.Items {
+			if _, has := p.Annotations[kube.EnrolledAnnotation]; has != on && p.Status.Phase == corev1.PodRunning {
+				return false, fmt.Sprintf("pod %s/%s: annotation %s present %v", ns, p.Name, kube.EnrolledAnnotation, has)
+			}
+		}
+		return len(pods.Items) > 0, "no pods in " + ns
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // webCounts are the requests each web pod has served (its fortio server's own count).

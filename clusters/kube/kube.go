@@ -1,5 +1,5 @@
 // Package kube is the lab on a real Kubernetes cluster: a scenario's namespaces, pods and
-// services become real Namespaces, Pods (the workload image: the lab's fortio server and load
+// services become real Namespaces, Deployments of one pod each (the workload image: the lab's fortio server and load
 // driver) and Services; its processes run with `kubectl exec`; the service store the reports
 // read is fed by the cluster's own API. Any kubeconfig works (kind, a cloud cluster); on this
 // machine it runs on clusters/localkube.
@@ -23,6 +23,7 @@ import (
 	"sync"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -45,6 +46,9 @@ const ProviderName = "kube"
 
 // LabLabel marks every namespace a lab creates, with the lab's name.
 const LabLabel = "onehop.io/lab"
+
+// PodLabel selects the pod of a lab pod's Deployment: its value is the lab pod's name.
+const PodLabel = "onehop.io/lab-pod"
 
 // Binary is the lab's binary in the workload image.
 const Binary = "/onehop"
@@ -75,8 +79,9 @@ type Cluster struct {
 	nodes map[string]string // lab node (n1...) -> the cluster's node
 	dir   string            // logs of exec'd processes
 
-	mu   sync.Mutex
-	pods map[string]clusters.Pod
+	mu    sync.Mutex
+	pods  map[string]clusters.Pod
+	kpods map[string]string // lab pod -> the Deployment's current pod
 }
 
 func (p *Provider) client() (*rest.Config, *kubernetes.Clientset, error) {
@@ -122,7 +127,8 @@ func (p *Provider) Up(ctx context.Context, spec clusters.Spec) (clusters.Cluster
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{p: p, name: spec.Name, spec: spec, rc: rc, cs: cs, nodes: map[string]string{}, dir: dir, pods: map[string]clusters.Pod{}}
+	c := &Cluster{p: p, name: spec.Name, spec: spec, rc: rc, cs: cs, nodes: map[string]string{}, dir: dir,
+		pods: map[string]clusters.Pod{}, kpods: map[string]string{}}
 	for i, n := range spec.NodeNames() {
 		c.nodes[n] = names[i]
 	}
@@ -273,8 +279,10 @@ func (c *Cluster) Pod(name string) (clusters.Pod, bool) {
 	return p, ok
 }
 
-// createPod makes the pod: the workload image, its fortio server when it has a workload, else an
-// idle process (a client, whose load is exec'd into it).
+// createPod makes the lab pod as a Deployment of one replica, pinned to its node: the
+// workload image, its fortio server when it has a workload, else an idle process (a client,
+// whose load is exec'd into it). The Deployment's name is the lab pod's, so metrics name the
+// workload as the scenario does.
 func (c *Cluster) createPod(ctx context.Context, ps clusters.PodSpec) error {
 	node, ok := c.nodes[ps.Node]
 	if !ok {
@@ -287,47 +295,76 @@ func (c *Cluster) createPod(ctx context.Context, ps clusters.PodSpec) error {
 		ct.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(w.Port)}},
 			PeriodSeconds: 1}
 	}
-	no := false
-	_, err := c.cs.CoreV1().Pods(ps.Namespace).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: ps.Name, Labels: ps.Labels},
-		Spec: corev1.PodSpec{NodeName: node, AutomountServiceAccountToken: &no, TerminationGracePeriodSeconds: new(int64),
-			Containers: []corev1.Container{ct}}}, metav1.CreateOptions{})
+	labels := map[string]string{PodLabel: ps.Name}
+	for k, v := range ps.Labels {
+		labels[k] = v
+	}
+	no, one := false, int32(1)
+	_, err := c.cs.AppsV1().Deployments(ps.Namespace).Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: ps.Name, Labels: map[string]string{PodLabel: ps.Name}},
+		Spec: appsv1.DeploymentSpec{Replicas: &one,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{PodLabel: ps.Name}},
+			// One pod at a time: a lab pod is one address.
+			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{NodeName: node, AutomountServiceAccountToken: &no, TerminationGracePeriodSeconds: new(int64),
+					Containers: []corev1.Container{ct}}}}}, metav1.CreateOptions{})
 	if err != nil {
-		return fmt.Errorf("kube: pod %s/%s: %w", ps.Namespace, ps.Name, err)
+		return fmt.Errorf("kube: deployment %s/%s: %w", ps.Namespace, ps.Name, err)
 	}
 	return nil
 }
 
-// waitPod waits until the pod is ready and records it.
+// waitPod waits until the Deployment's pod is ready and records it.
 func (c *Cluster) waitPod(ctx context.Context, ps clusters.PodSpec) (clusters.Pod, error) {
 	var pod clusters.Pod
+	var kname string
 	err := install.Poll(ctx, 3*time.Minute, func() (bool, string) {
-		p, err := c.cs.CoreV1().Pods(ps.Namespace).Get(ctx, ps.Name, metav1.GetOptions{})
+		l, err := c.cs.CoreV1().Pods(ps.Namespace).List(ctx, metav1.ListOptions{LabelSelector: PodLabel + "=" + ps.Name})
 		if err != nil {
 			return false, err.Error()
 		}
-		ready := false
-		for _, cond := range p.Status.Conditions {
-			ready = ready || (cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue)
-		}
-		if !ready {
-			return false, fmt.Sprintf("pod %s/%s: %s", ps.Namespace, ps.Name, p.Status.Phase)
-		}
-		pod = clusters.Pod{PodSpec: ps}
-		for _, ip := range p.Status.PodIPs {
-			if a, err := netip.ParseAddr(ip.IP); err == nil {
-				pod.IPs = append(pod.IPs, a)
+		state := "no pod yet"
+		for _, p := range l.Items {
+			if p.DeletionTimestamp != nil {
+				continue
 			}
+			state = string(p.Status.Phase)
+			ready := false
+			for _, cond := range p.Status.Conditions {
+				ready = ready || (cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue)
+			}
+			if !ready {
+				continue
+			}
+			pod, kname = clusters.Pod{PodSpec: ps}, p.Name
+			for _, ip := range p.Status.PodIPs {
+				if a, err := netip.ParseAddr(ip.IP); err == nil {
+					pod.IPs = append(pod.IPs, a)
+				}
+			}
+			return true, ""
 		}
-		return true, ""
+		return false, fmt.Sprintf("deployment %s/%s: %s", ps.Namespace, ps.Name, state)
 	})
 	if err != nil {
 		return pod, fmt.Errorf("kube: %w", err)
 	}
 	c.mu.Lock()
-	c.pods[ps.Name] = pod
+	c.pods[ps.Name], c.kpods[ps.Name] = pod, kname
 	c.mu.Unlock()
 	return pod, nil
+}
+
+// kpod is the Kubernetes name of a lab pod's current pod.
+func (c *Cluster) kpod(name string) (clusters.Pod, string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.pods[name]
+	if !ok {
+		return p, "", fmt.Errorf("kube: no pod %q in lab %s", name, c.name)
+	}
+	return p, c.kpods[name], nil
 }
 
 func (c *Cluster) CreatePod(ctx context.Context, ps clusters.PodSpec) (clusters.Pod, error) {
@@ -340,16 +377,19 @@ func (c *Cluster) CreatePod(ctx context.Context, ps clusters.PodSpec) (clusters.
 	return c.waitPod(ctx, ps)
 }
 
+// DeletePod deletes the lab pod's Deployment, and its pod with it.
 func (c *Cluster) DeletePod(ctx context.Context, name string) error {
-	p, ok := c.Pod(name)
-	if !ok {
-		return fmt.Errorf("kube: no pod %q in lab %s", name, c.name)
+	p, _, err := c.kpod(name)
+	if err != nil {
+		return err
 	}
-	if err := c.cs.CoreV1().Pods(p.Namespace).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+	bg := metav1.DeletePropagationBackground
+	if err := c.cs.AppsV1().Deployments(p.Namespace).Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
 	c.mu.Lock()
 	delete(c.pods, name)
+	delete(c.kpods, name)
 	c.mu.Unlock()
 	return nil
 }
@@ -402,9 +442,9 @@ func (c *Cluster) DeleteService(ctx context.Context, namespace, name string) err
 // Start runs a process in the pod with kubectl exec; the lab's binary is the image's /onehop.
 // A detached process's Stop ends the local kubectl, which ends the remote process's streams.
 func (c *Cluster) Start(ctx context.Context, podName string, cmd clusters.Command) (*clusters.Process, error) {
-	pod, ok := c.Pod(podName)
-	if !ok {
-		return nil, fmt.Errorf("kube: no pod %q in lab %s", podName, c.name)
+	pod, kname, err := c.kpod(podName)
+	if err != nil {
+		return nil, err
 	}
 	if cmd.UID != 0 || cmd.Container != "" {
 		return nil, fmt.Errorf("kube: %s: processes as another user or in a container of their own are for the netns lab", cmd.Name)
@@ -421,7 +461,7 @@ func (c *Cluster) Start(ctx context.Context, podName string, cmd clusters.Comman
 		return nil, err
 	}
 	defer logf.Close()
-	x := exec.CommandContext(ctx, c.p.Kubectl, append([]string{"--kubeconfig", c.p.Kubeconfig, "exec", "-i", "-n", pod.Namespace, podName, "--"}, argv...)...)
+	x := exec.CommandContext(ctx, c.p.Kubectl, append([]string{"--kubeconfig", c.p.Kubeconfig, "exec", "-i", "-n", pod.Namespace, kname, "--"}, argv...)...)
 	x.Stdout, x.Stderr = logf, logf
 	if cmd.Stdout != nil {
 		x.Stdout = cmd.Stdout
@@ -452,9 +492,9 @@ func (c *Cluster) Start(ctx context.Context, podName string, cmd clusters.Comman
 // Dial opens a connection to a port on the pod's own loopback through the API server's port
 // forwarding (what kubectl port-forward does): the lab reads the servers' request counts there.
 func (c *Cluster) Dial(ctx context.Context, podName, network, address string) (net.Conn, error) {
-	pod, ok := c.Pod(podName)
-	if !ok {
-		return nil, fmt.Errorf("kube: no pod %q in lab %s", podName, c.name)
+	pod, kname, err := c.kpod(podName)
+	if err != nil {
+		return nil, err
 	}
 	host, port, err := net.SplitHostPort(address)
 	if err != nil || network != "tcp" || !(host == "127.0.0.1" || host == "localhost" || host == "::1") {
@@ -464,7 +504,7 @@ func (c *Cluster) Dial(ctx context.Context, podName, network, address string) (n
 	if err != nil {
 		return nil, err
 	}
-	url := c.cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(pod.Namespace).Name(podName).SubResource("portforward").URL()
+	url := c.cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(pod.Namespace).Name(kname).SubResource("portforward").URL()
 	stop, ready := make(chan struct{}), make(chan struct{})
 	fw, err := portforward.NewOnAddresses(spdy.NewDialer(upgrader, &http.Client{Transport: tr}, http.MethodPost, url),
 		[]string{"127.0.0.1"}, []string{"0:" + port}, stop, ready, io.Discard, io.Discard)

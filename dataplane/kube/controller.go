@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -226,11 +229,15 @@ func (c *Controller) sync(key string) error {
 		c.Log.Info("kubernetes: pod unenrolled", "pod", key, "netns", e.Netns, "cookie", e.Cookie)
 	}
 	if want == nil {
+		if exists {
+			c.annotate(obj.(*corev1.Pod), false)
+		}
 		return nil
 	}
 	for _, e := range mine {
 		if same(e, *want) {
-			return nil // enrolled as it should be
+			c.annotate(obj.(*corev1.Pod), true) // enrolled as it should be
+			return nil
 		}
 	}
 	if err := c.Enroller.Apply(*want, true); err != nil {
@@ -238,7 +245,28 @@ func (c *Controller) sync(key string) error {
 	}
 	c.Log.Info("kubernetes: pod enrolled", "pod", key, "netns", want.Netns, "cookie", want.Cookie,
 		"telemetry", want.Options.Telemetry, "access_log", want.Options.AccessLog)
+	c.annotate(obj.(*corev1.Pod), true)
 	return nil
+}
+
+// annotate sets or removes EnrolledAnnotation when the pod's says otherwise. A failure (an
+// older chart's RBAC without patch) is logged: the enrollment stands, and a later sync
+// (an update, the resync) tries again.
+func (c *Controller) annotate(pod *corev1.Pod, on bool) {
+	if v, has := pod.Annotations[EnrolledAnnotation]; has == on && (!on || v == c.Node) {
+		return
+	}
+	value := "null"
+	if on {
+		value = strconv.Quote(c.Node)
+	}
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%s}}}`, EnrolledAnnotation, value)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := c.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		c.Log.Warn("kubernetes: annotate pod", "pod", pod.Namespace+"/"+pod.Name, "annotation", EnrolledAnnotation, "err", err)
+	}
 }
 
 // enrollment is what pod's enrollment should be, its network namespace found on the node.

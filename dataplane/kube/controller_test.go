@@ -153,6 +153,26 @@ func TestControllerAgainstAPIServer(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	// The enrolled annotation follows the enrollment (the API server's copy, eventually).
+	annotated := func(step, pod string, want bool) {
+		t.Helper()
+		ns, name, _ := strings.Cut(pod, "/")
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			p, err := c.CoreV1().Pods(prefix+"-"+ns).Get(ctx, name, metav1.GetOptions{})
+			v, has := "", false
+			if err == nil {
+				v, has = p.Annotations[EnrolledAnnotation]
+			}
+			if has == want && (!want || v == node) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: pod %s annotation %s=%q (present %v), want present %v", step, pod, EnrolledAnnotation, v, has, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	a1 := mkPod("a", "a1", node, nil, true)
 	mkPod("a", "a2", node, map[string]string{ModeLabel: "none"}, true)
 	mkPod("a", "o1", prefix+"-other", nil, true)
@@ -161,6 +181,8 @@ func TestControllerAgainstAPIServer(t *testing.T) {
 	expect("labels, b1 not running yet", "a/a1")
 	finder.run(string(b1.UID))
 	expect("b1's processes found on a retry", "a/a1", "b/b1")
+	annotated("enrolled", "a/a1", true)
+	annotated("opted out", "a/a2", false)
 
 	b1, _ = c.CoreV1().Pods(b1.Namespace).Get(ctx, "b1", metav1.GetOptions{})
 	b1.Labels = nil
@@ -168,6 +190,7 @@ func TestControllerAgainstAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("pod label removed", "a/a1")
+	annotated("pod label removed", "b/b1", false)
 	nsB, _ := c.CoreV1().Namespaces().Get(ctx, prefix+"-b", metav1.GetOptions{})
 	nsB.Labels = on
 	if _, err := c.CoreV1().Namespaces().Update(ctx, nsB, metav1.UpdateOptions{}); err != nil {
@@ -197,6 +220,8 @@ func TestControllerAgainstAPIServer(t *testing.T) {
 	enr.mu.Unlock()
 	stop = start()
 	expect("restarted", "b/b1")
+	annotated("restarted", "b/b1", true)
+	annotated("restarted", "b/b2", false)
 	time.Sleep(500 * time.Millisecond) // anything more it would do
 	enr.mu.Lock()
 	applied := slices.Clone(enr.applied)

@@ -25,6 +25,10 @@ const (
 	// the netns lab (scenarios/variants): "off", "on" (metrics) or "access-log" (metrics and an
 	// access log line per connection event). Other values or none: the agent's defaults.
 	TelemetryLabel = "onehop.io/telemetry"
+	// EnrolledAnnotation is set on a pod, to the node's name, once its network namespace is in
+	// the agent's map (its new connections are balanced by onehop), and removed when it is
+	// unenrolled: what ambient.istio.io/redirection says for Istio's ambient mode.
+	EnrolledAnnotation = "onehop.io/enrolled"
 	// mirrorAnnotation holds a static pod's own UID, the one its cgroups are named after; the
 	// apiserver's mirror pod has another.
 	mirrorAnnotation = "kubernetes.io/config.mirror"

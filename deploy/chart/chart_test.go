@@ -256,11 +256,13 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("ports %+v, want http-metrics 15020", c.Ports)
 	}
 
-	// RBAC: read pods and namespaces; the agent's own DaemonSet for uninstall.onDelete.
+	// RBAC: read pods and namespaces, patch pods (the enrolled annotation) and nothing else;
+	// the agent's own DaemonSet for uninstall.onDelete.
 	cr := one[rbacv1.ClusterRole](t, objs, "ClusterRole")
-	if len(cr.Rules) != 1 || !slices.Equal(cr.Rules[0].Verbs, []string{"get", "list", "watch"}) ||
-		!slices.Equal(cr.Rules[0].Resources, []string{"pods", "namespaces"}) {
-		t.Errorf("ClusterRole rules %+v, want get/list/watch pods and namespaces", cr.Rules)
+	if len(cr.Rules) != 2 || !slices.Equal(cr.Rules[0].Verbs, []string{"get", "list", "watch"}) ||
+		!slices.Equal(cr.Rules[0].Resources, []string{"pods", "namespaces"}) ||
+		!slices.Equal(cr.Rules[1].Verbs, []string{"patch"}) || !slices.Equal(cr.Rules[1].Resources, []string{"pods"}) {
+		t.Errorf("ClusterRole rules %+v, want get/list/watch pods and namespaces, patch pods", cr.Rules)
 	}
 	role := one[rbacv1.Role](t, objs, "Role")
 	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].ResourceNames, []string{ds.Name}) || !slices.Equal(role.Rules[0].Verbs, []string{"get", "list", "watch"}) {

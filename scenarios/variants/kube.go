@@ -15,6 +15,7 @@ import (
 
 	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/clusters/kube"
+	kubeagent "github.com/onehop-mesh/onehop/dataplane/kube"
 	"github.com/onehop-mesh/onehop/deploy/install"
 )
 
@@ -138,3 +139,26 @@ func (k kubeOnehop) Restart(ctx context.Context, _ clusters.Cluster, node string
 	ev.Daemon = fmt.Sprintf("onehop-agent pod %s -> %s", old.Name, now.Name)
 	return ev, nil
 }
+
+// AddPod waits until the agent on the pod's node has enrolled it: on Kubernetes the agents
+// enroll pods themselves (they watch their node's pods), and say so with the pod's
+// onehop.io/enrolled annotation. The lab pod is its Deployment's current pod.
+func (k kubeOnehop) AddPod(ctx context.Context, _ clusters.Cluster, pod clusters.Pod) error {
+	cs := k.c.Clientset()
+	sel := metav1.ListOptions{LabelSelector: kube.PodLabel + "=" + pod.Name}
+	return install.Poll(ctx, time.Minute, func() (bool, string) {
+		l, err := cs.CoreV1().Pods(pod.Namespace).List(ctx, sel)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, p := range l.Items {
+			if p.DeletionTimestamp == nil && p.Annotations[kubeagent.EnrolledAnnotation] != "" {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("pod %s/%s not enrolled by its node's agent yet", pod.Namespace, pod.Name)
+	})
+}
+
+// RemovePod: the agent unenrolls a pod that is deleted.
+func (kubeOnehop) RemovePod(context.Context, clusters.Cluster, clusters.Pod) error { return nil }
