@@ -114,6 +114,39 @@ struct {
 	__uint(max_entries, 1 << 21);
 } oh_events SEC(".maps");
 
+/*
+ * Same-node connections of namespaces with OH_NETNS_SOCKMAP, both ends, keyed so each end finds
+ * the other (struct oh_sock_key). The kernel removes a socket when it closes. oh_msg, attached to
+ * this map, redirects each payload into the peer's receive queue.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, struct oh_sock_key);
+	__type(value, __u64);
+} oh_sockhash SEC(".maps");
+
+/* Addresses of this node's pods enrolled with OH_NETNS_SOCKMAP: a peer there is same-node. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct oh_endpoint);
+	__type(value, __u8);
+} oh_local_addrs SEC(".maps");
+
+/*
+ * Bytes oh_msg redirected per connection (oh_sock_key with role 0): they never pass TCP, whose
+ * counters telemetry reads, so events add them. Reset when an end is added to oh_sockhash (a
+ * client port used again); LRU: closed connections' entries go as room is needed.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct oh_sock_key);
+	__type(value, struct oh_redirected);
+} oh_redirected_bytes SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, OH_CNT_MAX);
@@ -126,6 +159,8 @@ const volatile enum oh_counter oh_counter_btf __attribute__((unused));
 const volatile enum oh_policy oh_policy_btf __attribute__((unused));
 /* ... and the types the agent decodes oh_events and reads flags with, for bpf2go. */
 const volatile struct oh_event oh_event_btf __attribute__((unused));
+const volatile struct oh_sock_key oh_sock_key_btf __attribute__((unused));
+const volatile struct oh_redirected oh_redirected_btf __attribute__((unused));
 const volatile enum oh_netns_flag oh_netns_flag_btf __attribute__((unused));
 const volatile enum oh_event_type oh_event_type_btf __attribute__((unused));
 const volatile enum oh_event_flag oh_event_flag_btf __attribute__((unused));
@@ -265,8 +300,8 @@ static __always_inline void remember(void *ctx, const struct oh_svc_key *key)
 }
 
 /*
- * Common start of connect4/6: returns the netns's flags if ctx is a TCP connect from an
- * enrolled netns, else 0.
+ * Common start of connect4/6: returns the netns's flags if ctx is a TCP connect from a netns
+ * enrolled for balancing, else 0.
  */
 static __always_inline __u8 ours(struct bpf_sock_addr *ctx)
 {
@@ -276,8 +311,9 @@ static __always_inline __u8 ours(struct bpf_sock_addr *ctx)
 	if (ctx->protocol != IPPROTO_TCP)
 		return 0;
 	flags = netns_flags(bpf_get_netns_cookie(ctx));
-	if (flags)
-		count(OH_CNT_CONNECT_ENROLLED);
+	if (!(flags & OH_NETNS_BALANCE))
+		return 0; /* not enrolled, or a sidecar's pod: its proxy balances */
+	count(OH_CNT_CONNECT_ENROLLED);
 	return flags;
 }
 
@@ -460,26 +496,36 @@ static __always_inline void watch(struct bpf_sock_ops *skops, int flags)
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | flags);
 }
 
+/*
+ * The local and remote ends of the socket of a bpf_sock_ops or sk_msg_md, which lay them out
+ * alike: local_port is in host order; remote_port holds the network-order port in its upper half.
+ * Every field is read first, unconditionally and once (volatile): the verifier refuses a context
+ * pointer the compiler moved to share one load between the v4 and v6 paths.
+ */
+#define CTX_U32(x) (*(volatile __u32 *)&(x))
+#define SOCK_ENDPOINTS(ctx, src, dst)                                              \
+	do {                                                                           \
+		__u32 fam_ = CTX_U32((ctx)->family), l4_ = CTX_U32((ctx)->local_ip4);      \
+		__u32 r4_ = CTX_U32((ctx)->remote_ip4);                                    \
+		__u32 l6_[4] = {CTX_U32((ctx)->local_ip6[0]), CTX_U32((ctx)->local_ip6[1]),  \
+				CTX_U32((ctx)->local_ip6[2]), CTX_U32((ctx)->local_ip6[3])};         \
+		__u32 r6_[4] = {CTX_U32((ctx)->remote_ip6[0]), CTX_U32((ctx)->remote_ip6[1]), \
+				CTX_U32((ctx)->remote_ip6[2]), CTX_U32((ctx)->remote_ip6[3])};       \
+		__u32 lp_ = CTX_U32((ctx)->local_port), rp_ = CTX_U32((ctx)->remote_port); \
+		if (fam_ == AF_INET) {                                                     \
+			v4mapped((src)->addr, l4_);                                            \
+			v4mapped((dst)->addr, r4_);                                            \
+		} else {                                                                   \
+			__builtin_memcpy((src)->addr, l6_, 16);                                \
+			__builtin_memcpy((dst)->addr, r6_, 16);                                \
+		}                                                                          \
+		(src)->port = bpf_htons((__u16)lp_);                                       \
+		(dst)->port = bpf_htons((__u16)bpf_ntohl(rp_));                            \
+	} while (0)
+
 static __always_inline void sockops_endpoints(struct bpf_sock_ops *skops, struct oh_endpoint *src, struct oh_endpoint *dst)
 {
-	if (skops->family == AF_INET) {
-		v4mapped(src->addr, skops->local_ip4);
-		v4mapped(dst->addr, skops->remote_ip4);
-	} else {
-		__u32 *s = (__u32 *)src->addr, *d = (__u32 *)dst->addr;
-
-		s[0] = skops->local_ip6[0];
-		s[1] = skops->local_ip6[1];
-		s[2] = skops->local_ip6[2];
-		s[3] = skops->local_ip6[3];
-		d[0] = skops->remote_ip6[0];
-		d[1] = skops->remote_ip6[1];
-		d[2] = skops->remote_ip6[2];
-		d[3] = skops->remote_ip6[3];
-	}
-	/* local_port is in host order; remote_port holds the network-order port in its upper half. */
-	src->port = bpf_htons((__u16)skops->local_port);
-	dst->port = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+	SOCK_ENDPOINTS(skops, src, dst);
 }
 
 /* The kernel's struct tcp_sock of skops, for the fields bpf_sock_ops lacks; NULL if none. */
@@ -533,6 +579,83 @@ static __always_inline void sub_stats(struct oh_tcp_stats *d, const struct oh_tc
 	d->lost = a->lost - b->lost;
 }
 
+/* 127.0.0.0/8 (v4-mapped) or ::1. */
+static __always_inline int is_loopback(const __u8 addr[16])
+{
+	const __u32 *w = (const __u32 *)addr;
+
+	if (is_v4mapped(addr))
+		return (bpf_ntohl(w[3]) >> 24) == 127;
+	return w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(1);
+}
+
+/* The oh_sockhash key of the end role of the connection whose client end is client. */
+static __always_inline void sock_key(struct oh_sock_key *k, const struct oh_endpoint *client, __u64 netns, __u8 role)
+{
+	__builtin_memcpy(k->addr, client->addr, sizeof(k->addr));
+	k->port = client->port;
+	k->role = role;
+	k->netns = is_loopback(client->addr) ? netns : 0;
+}
+
+/*
+ * Adds the payload bytes oh_msg redirected on connection c (OH_CONN_SOCKMAP: its socket was in
+ * oh_sockhash) to what TCP counted: with both ends there, payloads never pass TCP.
+ */
+static __always_inline void add_redirected(const struct oh_conn *c, struct oh_tcp_stats *st)
+{
+	struct oh_sock_key key = {};
+	struct oh_redirected *r;
+
+	if (!(c->flags & OH_CONN_SOCKMAP))
+		return;
+	sock_key(&key, c->direction == OH_DIR_OUTBOUND ? &c->src : &c->dst, c->netns, 0);
+	r = bpf_map_lookup_elem(&oh_redirected_bytes, &key);
+	if (!r)
+		return;
+	if (c->direction == OH_DIR_OUTBOUND) {
+		st->bytes_sent += r->to_server;
+		st->bytes_received += r->to_client;
+	} else {
+		st->bytes_sent += r->to_client;
+		st->bytes_received += r->to_server;
+	}
+}
+
+/*
+ * Adds an established socket of a netns with OH_NETNS_SOCKMAP to oh_sockhash when its peer is
+ * on this node: on loopback, at an address of oh_local_addrs, or (a sidecar's pod) any
+ * connection it opens, which its proxy intercepts. Both ends of a same-node connection end up
+ * there, and oh_msg pairs them; a socket whose peer never does is passed to TCP/IP.
+ */
+static __always_inline void sockmap_add(struct bpf_sock_ops *skops, __u64 netns, __u8 flags, __u8 dir)
+{
+	struct oh_endpoint local = {}, remote = {}, peer = {};
+	struct oh_sock_key key = {};
+	struct oh_redirected zero = {};
+	__u64 cookie;
+	struct oh_conn *c;
+
+	sockops_endpoints(skops, &local, &remote);
+	__builtin_memcpy(peer.addr, remote.addr, sizeof(peer.addr));
+	if (!is_loopback(remote.addr) && !bpf_map_lookup_elem(&oh_local_addrs, &peer) &&
+	    !((flags & OH_NETNS_SIDECAR) && dir == OH_DIR_OUTBOUND))
+		return;
+	sock_key(&key, dir == OH_DIR_OUTBOUND ? &local : &remote, netns, dir);
+	if (bpf_sock_hash_update(skops, &oh_sockhash, &key, BPF_ANY)) {
+		count(OH_CNT_SOCKMAP_FAILED);
+		return;
+	}
+	count(OH_CNT_SOCKMAP_ADDED);
+	/* Nothing is redirected before the second end is added: both resets come first. */
+	key.role = 0;
+	bpf_map_update_elem(&oh_redirected_bytes, &key, &zero, BPF_ANY);
+	cookie = bpf_get_socket_cookie(skops);
+	c = bpf_map_lookup_elem(&oh_conns, &cookie);
+	if (c)
+		c->flags |= OH_CONN_SOCKMAP;
+}
+
 /*
  * Sends an event of connection c (telemetry on) with its counters now and what changed since
  * its last event that arrived. If oh_events is full the event is lost (counted) and nothing
@@ -562,6 +685,7 @@ static __always_inline void conn_event(struct bpf_sock_ops *skops, struct oh_con
 	e->min_rtt_us = skops->rtt_min;
 	e->pad = 0;
 	read_stats(skops, &e->total);
+	add_redirected(c, &e->total);
 	sub_stats(&e->delta, &e->total, &c->reported);
 	c->reported = e->total;
 	c->report_ns = now;
@@ -625,7 +749,7 @@ int oh_sockops(struct bpf_sock_ops *skops)
 	__u64 netns = bpf_get_netns_cookie(skops);
 	__u64 cookie, now;
 	struct oh_conn *c;
-	__u8 flags;
+	__u8 flags, dir;
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
@@ -643,7 +767,10 @@ int oh_sockops(struct bpf_sock_ops *skops)
 		 * connection; without it this socket costs nothing per packet.
 		 */
 		watch(skops, BPF_SOCK_OPS_STATE_CB_FLAG | ((flags & OH_NETNS_TELEMETRY) ? BPF_SOCK_OPS_RTT_CB_FLAG : 0));
-		track(skops, netns, flags, skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB ? OH_DIR_OUTBOUND : OH_DIR_INBOUND);
+		dir = skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB ? OH_DIR_OUTBOUND : OH_DIR_INBOUND;
+		track(skops, netns, flags, dir);
+		if (flags & OH_NETNS_SOCKMAP)
+			sockmap_add(skops, netns, flags, dir);
 		break;
 	case BPF_SOCK_OPS_RTT_CB:
 		cookie = bpf_get_socket_cookie(skops);
@@ -680,4 +807,50 @@ int oh_sockops(struct bpf_sock_ops *skops)
 		break;
 	}
 	return 1;
+}
+
+/* Counts a redirected payload, and its bytes for the connection's telemetry (add_redirected). */
+static __always_inline void redirected(struct oh_sock_key *peer, __u32 size, int to_server)
+{
+	struct oh_redirected *r;
+
+	peer->role = 0;
+	r = bpf_map_lookup_elem(&oh_redirected_bytes, peer);
+	if (r) {
+		if (to_server)
+			__sync_fetch_and_add(&r->to_server, size);
+		else
+			__sync_fetch_and_add(&r->to_client, size);
+	}
+	count(OH_CNT_MSG_REDIRECTED);
+}
+
+/*
+ * Every sendmsg of a socket in oh_sockhash: the payload goes straight into the peer socket's
+ * receive queue when the peer is there too (skipping TCP/IP on both sides), else through TCP/IP.
+ * The peer is the server end of the connection whose client end is this socket, or else the
+ * client end of the one whose client is this socket's peer: a server's local port cannot be a
+ * client's port too, so at most one of the two exists.
+ */
+SEC("sk_msg")
+int oh_msg(struct sk_msg_md *msg)
+{
+	struct oh_endpoint local = {}, remote = {};
+	struct oh_sock_key peer = {};
+	__u64 netns = bpf_get_netns_cookie(msg);
+	__u32 size = msg->size;
+
+	SOCK_ENDPOINTS(msg, &local, &remote);
+	sock_key(&peer, &local, netns, OH_DIR_INBOUND);
+	if (bpf_msg_redirect_hash(msg, &oh_sockhash, &peer, BPF_F_INGRESS) == SK_PASS) {
+		redirected(&peer, size, 1);
+		return SK_PASS;
+	}
+	sock_key(&peer, &remote, netns, OH_DIR_OUTBOUND);
+	if (bpf_msg_redirect_hash(msg, &oh_sockhash, &peer, BPF_F_INGRESS) == SK_PASS) {
+		redirected(&peer, size, 0);
+		return SK_PASS;
+	}
+	count(OH_CNT_MSG_PASSED);
+	return SK_PASS;
 }

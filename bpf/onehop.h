@@ -56,9 +56,16 @@ struct oh_endpoint {
 
 /* oh_enrolled value: what onehop does for a network namespace (bits). */
 enum oh_netns_flag {
-	OH_NETNS_BALANCE = 1,    /* balance its connects and track its connections (every enrolled netns) */
+	OH_NETNS_BALANCE = 1,    /* balance its connects (every enrolled netns but a sidecar's); all are tracked */
 	OH_NETNS_TELEMETRY = 2,  /* report its connections through oh_events */
 	OH_NETNS_ACCESS_LOG = 4, /* the agent writes an access log line per event (user space only) */
+	OH_NETNS_SOCKMAP = 8,    /* its same-node connections go into oh_sockhash: payloads skip TCP/IP */
+	/*
+	 * A sidecar proxy in the pod intercepts its connections (iptables REDIRECT): its connects
+	 * are not balanced (OH_NETNS_BALANCE is off; the proxy balances), and with OH_NETNS_SOCKMAP
+	 * every connection it opens is a same-node hop, to its own proxy or from the proxy to a peer.
+	 */
+	OH_NETNS_SIDECAR = 16,
 };
 
 /* Which side of a connection a socket is. */
@@ -72,6 +79,7 @@ enum oh_direction {
 enum oh_conn_flag {
 	OH_CONN_TELEMETRY = 1, /* its netns had telemetry on when it was established: events are sent */
 	OH_CONN_REPORTED = 2,  /* an event of it reached oh_events: it was counted as opened */
+	OH_CONN_SOCKMAP = 4,   /* its socket is in oh_sockhash: add what oh_msg redirected to its bytes */
 };
 
 /*
@@ -111,6 +119,28 @@ struct oh_conn {
 	__u16 pad;
 	__u64 report_ns;             /* when its last event was sent */
 	struct oh_tcp_stats reported; /* the counters as of that event: the next one carries the difference */
+};
+
+/*
+ * oh_sockhash key: one end of a same-node connection, named so that either end can name the
+ * other: the client end's address and port (as the client's socket has them and the server's
+ * sees them; an iptables REDIRECT changes the server's local address, not this), which end the
+ * socket is, and for a loopback client address the network namespace (loopback connections stay
+ * in one; pod addresses are unique on a node). oh_redirected uses it with role 0 for the whole
+ * connection.
+ */
+struct oh_sock_key {
+	__u8 addr[16]; /* the client end's address */
+	__u16 port;    /* the client end's port */
+	__u8 role;     /* enum oh_direction of the socket; 0 in oh_redirected */
+	__u8 pad[5];
+	__u64 netns;   /* the namespace's cookie if addr is loopback, else 0 */
+};
+
+/* oh_redirected value: payload bytes sk_msg redirected, per direction, since established. */
+struct oh_redirected {
+	__u64 to_server; /* sent by the client end */
+	__u64 to_client;
 };
 
 enum oh_event_type {
@@ -167,6 +197,10 @@ enum oh_counter {
 	OH_CNT_CONNECT_REFUSED,         /* TCP connects to a service with no endpoints: refused */
 	OH_CNT_EVENTS_SENT,             /* telemetry events written to oh_events */
 	OH_CNT_EVENTS_LOST,             /* telemetry events lost: oh_events was full (counts carry over to the next) */
+	OH_CNT_SOCKMAP_ADDED,           /* established sockets added to oh_sockhash */
+	OH_CNT_SOCKMAP_FAILED,          /* ... that could not be added (map full, or the kernel refused) */
+	OH_CNT_MSG_REDIRECTED,          /* sendmsg calls whose payload went straight to the peer socket */
+	OH_CNT_MSG_PASSED,              /* sendmsg calls of a socket in oh_sockhash whose peer is not: TCP/IP */
 	OH_CNT_MAX,
 };
 

@@ -43,6 +43,7 @@ type OnehopOhConnFlag uint32
 const (
 	OnehopOhConnFlagOH_CONN_TELEMETRY OnehopOhConnFlag = 1
 	OnehopOhConnFlagOH_CONN_REPORTED  OnehopOhConnFlag = 2
+	OnehopOhConnFlagOH_CONN_SOCKMAP   OnehopOhConnFlag = 4
 )
 
 type OnehopOhCounter uint32
@@ -61,7 +62,11 @@ const (
 	OnehopOhCounterOH_CNT_CONNECT_REFUSED       OnehopOhCounter = 10
 	OnehopOhCounterOH_CNT_EVENTS_SENT           OnehopOhCounter = 11
 	OnehopOhCounterOH_CNT_EVENTS_LOST           OnehopOhCounter = 12
-	OnehopOhCounterOH_CNT_MAX                   OnehopOhCounter = 13
+	OnehopOhCounterOH_CNT_SOCKMAP_ADDED         OnehopOhCounter = 13
+	OnehopOhCounterOH_CNT_SOCKMAP_FAILED        OnehopOhCounter = 14
+	OnehopOhCounterOH_CNT_MSG_REDIRECTED        OnehopOhCounter = 15
+	OnehopOhCounterOH_CNT_MSG_PASSED            OnehopOhCounter = 16
+	OnehopOhCounterOH_CNT_MAX                   OnehopOhCounter = 17
 )
 
 type OnehopOhDirection uint32
@@ -153,6 +158,8 @@ const (
 	OnehopOhNetnsFlagOH_NETNS_BALANCE    OnehopOhNetnsFlag = 1
 	OnehopOhNetnsFlagOH_NETNS_TELEMETRY  OnehopOhNetnsFlag = 2
 	OnehopOhNetnsFlagOH_NETNS_ACCESS_LOG OnehopOhNetnsFlag = 4
+	OnehopOhNetnsFlagOH_NETNS_SOCKMAP    OnehopOhNetnsFlag = 8
+	OnehopOhNetnsFlagOH_NETNS_SIDECAR    OnehopOhNetnsFlag = 16
 )
 
 type OnehopOhPolicy uint32
@@ -162,12 +169,27 @@ const (
 	OnehopOhPolicyOH_POLICY_ROUND_ROBIN OnehopOhPolicy = 1
 )
 
+type OnehopOhRedirected struct {
+	_        structs.HostLayout
+	ToServer uint64
+	ToClient uint64
+}
+
 type OnehopOhSlotKey struct {
 	_    structs.HostLayout
 	Id   uint32
 	Gen  uint8
 	Prio uint8
 	Slot uint16
+}
+
+type OnehopOhSockKey struct {
+	_     structs.HostLayout
+	Addr  [16]uint8
+	Port  uint16
+	Role  uint8
+	Pad   [5]uint8
+	Netns uint64
 }
 
 type OnehopOhSvc struct {
@@ -195,14 +217,18 @@ const (
 	OnehopMapOhCounters              = "oh_counters"
 	OnehopMapOhEnrolled              = "oh_enrolled"
 	OnehopMapOhEvents                = "oh_events"
+	OnehopMapOhLocalAddrs            = "oh_local_addrs"
 	OnehopMapOhOrigdst               = "oh_origdst"
+	OnehopMapOhRedirectedBytes       = "oh_redirected_bytes"
 	OnehopMapOhRr                    = "oh_rr"
 	OnehopMapOhServices              = "oh_services"
 	OnehopMapOhSlots                 = "oh_slots"
+	OnehopMapOhSockhash              = "oh_sockhash"
 	OnehopProgOhConnect4             = "oh_connect4"
 	OnehopProgOhConnect6             = "oh_connect6"
 	OnehopProgOhGetpeername4         = "oh_getpeername4"
 	OnehopProgOhGetpeername6         = "oh_getpeername6"
+	OnehopProgOhMsg                  = "oh_msg"
 	OnehopProgOhSockops              = "oh_sockops"
 	OnehopVarOhConnFlagBtf           = "oh_conn_flag_btf"
 	OnehopVarOhCounterBtf            = "oh_counter_btf"
@@ -214,7 +240,9 @@ const (
 	OnehopVarOhNetnsFlagBtf          = "oh_netns_flag_btf"
 	OnehopVarOhPlantedConnectLookups = "oh_planted_connect_lookups"
 	OnehopVarOhPolicyBtf             = "oh_policy_btf"
+	OnehopVarOhRedirectedBtf         = "oh_redirected_btf"
 	OnehopVarOhReportPeriodNs        = "oh_report_period_ns"
+	OnehopVarOhSockKeyBtf            = "oh_sock_key_btf"
 )
 
 // LoadOnehop returns the embedded CollectionSpec for Onehop.
@@ -263,6 +291,7 @@ type OnehopProgramSpecs struct {
 	OhConnect6     *ebpf.ProgramSpec `ebpf:"oh_connect6"`
 	OhGetpeername4 *ebpf.ProgramSpec `ebpf:"oh_getpeername4"`
 	OhGetpeername6 *ebpf.ProgramSpec `ebpf:"oh_getpeername6"`
+	OhMsg          *ebpf.ProgramSpec `ebpf:"oh_msg"`
 	OhSockops      *ebpf.ProgramSpec `ebpf:"oh_sockops"`
 }
 
@@ -270,14 +299,17 @@ type OnehopProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type OnehopMapSpecs struct {
-	OhConns    *ebpf.MapSpec `ebpf:"oh_conns"`
-	OhCounters *ebpf.MapSpec `ebpf:"oh_counters"`
-	OhEnrolled *ebpf.MapSpec `ebpf:"oh_enrolled"`
-	OhEvents   *ebpf.MapSpec `ebpf:"oh_events"`
-	OhOrigdst  *ebpf.MapSpec `ebpf:"oh_origdst"`
-	OhRr       *ebpf.MapSpec `ebpf:"oh_rr"`
-	OhServices *ebpf.MapSpec `ebpf:"oh_services"`
-	OhSlots    *ebpf.MapSpec `ebpf:"oh_slots"`
+	OhConns           *ebpf.MapSpec `ebpf:"oh_conns"`
+	OhCounters        *ebpf.MapSpec `ebpf:"oh_counters"`
+	OhEnrolled        *ebpf.MapSpec `ebpf:"oh_enrolled"`
+	OhEvents          *ebpf.MapSpec `ebpf:"oh_events"`
+	OhLocalAddrs      *ebpf.MapSpec `ebpf:"oh_local_addrs"`
+	OhOrigdst         *ebpf.MapSpec `ebpf:"oh_origdst"`
+	OhRedirectedBytes *ebpf.MapSpec `ebpf:"oh_redirected_bytes"`
+	OhRr              *ebpf.MapSpec `ebpf:"oh_rr"`
+	OhServices        *ebpf.MapSpec `ebpf:"oh_services"`
+	OhSlots           *ebpf.MapSpec `ebpf:"oh_slots"`
+	OhSockhash        *ebpf.MapSpec `ebpf:"oh_sockhash"`
 }
 
 // OnehopVariableSpecs contains global variables before they are loaded into the kernel.
@@ -294,7 +326,9 @@ type OnehopVariableSpecs struct {
 	OhNetnsFlagBtf          *ebpf.VariableSpec `ebpf:"oh_netns_flag_btf"`
 	OhPlantedConnectLookups *ebpf.VariableSpec `ebpf:"oh_planted_connect_lookups"`
 	OhPolicyBtf             *ebpf.VariableSpec `ebpf:"oh_policy_btf"`
+	OhRedirectedBtf         *ebpf.VariableSpec `ebpf:"oh_redirected_btf"`
 	OhReportPeriodNs        *ebpf.VariableSpec `ebpf:"oh_report_period_ns"`
+	OhSockKeyBtf            *ebpf.VariableSpec `ebpf:"oh_sock_key_btf"`
 }
 
 // OnehopObjects contains all objects after they have been loaded into the kernel.
@@ -317,14 +351,17 @@ func (o *OnehopObjects) Close() error {
 //
 // It can be passed to LoadOnehopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type OnehopMaps struct {
-	OhConns    *ebpf.Map `ebpf:"oh_conns"`
-	OhCounters *ebpf.Map `ebpf:"oh_counters"`
-	OhEnrolled *ebpf.Map `ebpf:"oh_enrolled"`
-	OhEvents   *ebpf.Map `ebpf:"oh_events"`
-	OhOrigdst  *ebpf.Map `ebpf:"oh_origdst"`
-	OhRr       *ebpf.Map `ebpf:"oh_rr"`
-	OhServices *ebpf.Map `ebpf:"oh_services"`
-	OhSlots    *ebpf.Map `ebpf:"oh_slots"`
+	OhConns           *ebpf.Map `ebpf:"oh_conns"`
+	OhCounters        *ebpf.Map `ebpf:"oh_counters"`
+	OhEnrolled        *ebpf.Map `ebpf:"oh_enrolled"`
+	OhEvents          *ebpf.Map `ebpf:"oh_events"`
+	OhLocalAddrs      *ebpf.Map `ebpf:"oh_local_addrs"`
+	OhOrigdst         *ebpf.Map `ebpf:"oh_origdst"`
+	OhRedirectedBytes *ebpf.Map `ebpf:"oh_redirected_bytes"`
+	OhRr              *ebpf.Map `ebpf:"oh_rr"`
+	OhServices        *ebpf.Map `ebpf:"oh_services"`
+	OhSlots           *ebpf.Map `ebpf:"oh_slots"`
+	OhSockhash        *ebpf.Map `ebpf:"oh_sockhash"`
 }
 
 func (m *OnehopMaps) Close() error {
@@ -333,10 +370,13 @@ func (m *OnehopMaps) Close() error {
 		m.OhCounters,
 		m.OhEnrolled,
 		m.OhEvents,
+		m.OhLocalAddrs,
 		m.OhOrigdst,
+		m.OhRedirectedBytes,
 		m.OhRr,
 		m.OhServices,
 		m.OhSlots,
+		m.OhSockhash,
 	)
 }
 
@@ -354,7 +394,9 @@ type OnehopVariables struct {
 	OhNetnsFlagBtf          *ebpf.Variable `ebpf:"oh_netns_flag_btf"`
 	OhPlantedConnectLookups *ebpf.Variable `ebpf:"oh_planted_connect_lookups"`
 	OhPolicyBtf             *ebpf.Variable `ebpf:"oh_policy_btf"`
+	OhRedirectedBtf         *ebpf.Variable `ebpf:"oh_redirected_btf"`
 	OhReportPeriodNs        *ebpf.Variable `ebpf:"oh_report_period_ns"`
+	OhSockKeyBtf            *ebpf.Variable `ebpf:"oh_sock_key_btf"`
 }
 
 // OnehopPrograms contains all programs after they have been loaded into the kernel.
@@ -365,6 +407,7 @@ type OnehopPrograms struct {
 	OhConnect6     *ebpf.Program `ebpf:"oh_connect6"`
 	OhGetpeername4 *ebpf.Program `ebpf:"oh_getpeername4"`
 	OhGetpeername6 *ebpf.Program `ebpf:"oh_getpeername6"`
+	OhMsg          *ebpf.Program `ebpf:"oh_msg"`
 	OhSockops      *ebpf.Program `ebpf:"oh_sockops"`
 }
 
@@ -374,6 +417,7 @@ func (p *OnehopPrograms) Close() error {
 		p.OhConnect6,
 		p.OhGetpeername4,
 		p.OhGetpeername6,
+		p.OhMsg,
 		p.OhSockops,
 	)
 }

@@ -40,7 +40,7 @@ import (
 // (what a DaemonSet manifest sets).
 type config struct {
 	nodeID, xdsAddr, cgroup, bpffs, metricsAddr, adminSocket, logLevel, pprofAddr string
-	delta, trackConns, uninstall                                                  bool
+	delta, trackConns, uninstall, sockmap                                         bool
 	memoryLimit                                                                   int64 // bytes; 0: none
 	mode                                                                          string
 	id                                                                            xds.Identity
@@ -113,6 +113,9 @@ func parseFlags(args []string) (config, error) {
 		"report connections (Istio's istio_tcp_* metrics and onehop_tcp_*, from the kernel) of pods whose enrollment does not say otherwise; off costs nothing per connection [ONEHOP_TELEMETRY]")
 	fs.StringVar(&c.telemetry.accessLog, "access-log", envOr("", "ONEHOP_ACCESS_LOG"),
 		"write an access log of JSON lines (open, periodic report, close, failed connect) to this file, or - for stdout; pods are logged unless their enrollment says access_log false; empty: off [ONEHOP_ACCESS_LOG]")
+	sm, _ := strconv.ParseBool(envOr("false", "ONEHOP_SOCKMAP"))
+	fs.BoolVar(&c.sockmap, "sockmap", sm,
+		"accelerate same-node connections of pods whose enrollment does not say otherwise: payloads go from socket to socket (sockmap, sk_msg), skipping TCP/IP; off costs nothing [ONEHOP_SOCKMAP]")
 	fs.DurationVar(&c.telemetry.period, "telemetry-period", 5*time.Second, "report a long-lived connection at most this often [ONEHOP_TELEMETRY_PERIOD]")
 	fs.DurationVar(&c.telemetry.long, "long-connection", 30*time.Second, "connections at least this old get metric series of their own until they close [ONEHOP_LONG_CONNECTION]")
 	evBuf := fs.String("event-buffer", envOr("2MiB", "ONEHOP_EVENT_BUFFER"), "size of the kernel's ring buffer of connection events (a power of two) [ONEHOP_EVENT_BUFFER]")
@@ -154,6 +157,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.telemetry.period <= 0 || c.telemetry.long <= 0 {
 		return c, errors.New("--telemetry-period and --long-connection must be positive")
+	}
+	if c.sockmap && !c.trackConns {
+		return c, errors.New("--sockmap needs --track-connections: the sockops program that tracks connections is the one that adds them to the sockmap")
 	}
 	if (c.telemetry.on || c.telemetry.accessLog != "") && !c.trackConns {
 		return c, errors.New("--telemetry and --access-log need --track-connections: connections are reported by the program that tracks them; pass --telemetry=false to run without")
@@ -381,8 +387,15 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (uninstallNow bool, 
 	defer tel.close()
 	srv := &agent.Server{Enroller: dp.Enrollment, Ready: follow.Ready, Healthy: func() error { return nil }, Registry: reg, Log: log,
 		Status: func() any { return dp.Programmer.Programmed() }, Config: status, Services: list,
-		Defaults:  datapath.NetnsOptions{Telemetry: cfg.telemetry.on, AccessLog: cfg.telemetry.accessLog != ""},
-		StateFile: cfg.telemetry.stateFile, OnEnroll: tel.enrolled}
+		Defaults:  datapath.NetnsOptions{Telemetry: cfg.telemetry.on, AccessLog: cfg.telemetry.accessLog != "", Sockmap: cfg.sockmap},
+		StateFile: cfg.telemetry.stateFile,
+		OnEnroll: func(e agent.Enrollment, on bool) {
+			tel.enrolled(e, on)
+			// A pod accelerated by sockmap is a same-node peer for the others.
+			if err := dp.SetLocal(e.PodIPs, on && e.Options.Sockmap); err != nil {
+				log.Warn("same-node addresses not updated: connections to the pod are not accelerated", "netns", e.Netns, "err", err)
+			}
+		}}
 	if n, err := srv.Restore(); err != nil {
 		log.Warn("enrollments of the previous agent not restored: their pods' metric labels are unknown until enrolled again", "file", cfg.telemetry.stateFile, "err", err)
 	} else if n > 0 {

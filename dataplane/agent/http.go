@@ -95,6 +95,8 @@ type EnrollRequest struct {
 	Netns     string              `json:"netns"`
 	Telemetry *bool               `json:"telemetry,omitempty"`  // default: Server.Defaults
 	AccessLog *bool               `json:"access_log,omitempty"` // default: Server.Defaults
+	Sockmap   *bool               `json:"sockmap,omitempty"`    // accelerate same-node connections; default: Server.Defaults
+	Sidecar   bool                `json:"sidecar,omitempty"`    // a sidecar proxy intercepts the pod's traffic (datapath.NetnsOptions)
 	Pod       *telemetry.Workload `json:"pod,omitempty"`        // who the pod is, for metric labels
 	PodIPs    []netip.Addr        `json:"pod_ips,omitempty"`    // its addresses: its peers on this node know it by them
 }
@@ -156,7 +158,7 @@ func (s *Server) enroll(on bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req EnrollRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Netns == "" {
-			http.Error(w, `body must be {"netns": "<path of the pod's network namespace>"} with optional "telemetry", "access_log" (booleans) and "pod" (name, namespace, app, version, ...)`, http.StatusBadRequest)
+			http.Error(w, `body must be {"netns": "<path of the pod's network namespace>"} with optional "telemetry", "access_log", "sockmap", "sidecar" (booleans) and "pod" (name, namespace, app, version, ...)`, http.StatusBadRequest)
 			return
 		}
 		cookie, err := enrollment.Cookie(req.Netns)
@@ -171,6 +173,10 @@ func (s *Server) enroll(on bool) http.HandlerFunc {
 		if req.AccessLog != nil {
 			e.Options.AccessLog = *req.AccessLog
 		}
+		if req.Sockmap != nil {
+			e.Options.Sockmap = *req.Sockmap
+		}
+		e.Options.Sidecar = req.Sidecar
 		if err := s.Apply(e, on); err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
@@ -208,7 +214,8 @@ func (s *Server) Apply(e Enrollment, on bool) error {
 	if err := s.save(); err != nil {
 		s.Log.Warn("enrollment state not saved: a restarted agent will not know this pod's metadata", "file", s.StateFile, "err", err)
 	}
-	s.Log.Info("enrollment", "netns", e.Netns, "cookie", e.Cookie, "enrolled", on, "telemetry", e.Options.Telemetry, "access_log", e.Options.AccessLog, "owner", e.Owner)
+	s.Log.Info("enrollment", "netns", e.Netns, "cookie", e.Cookie, "enrolled", on, "telemetry", e.Options.Telemetry, "access_log", e.Options.AccessLog,
+		"sockmap", e.Options.Sockmap, "sidecar", e.Options.Sidecar, "owner", e.Owner)
 	return nil
 }
 

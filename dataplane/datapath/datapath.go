@@ -84,6 +84,7 @@ type Datapath struct {
 	objs     bpf.OnehopObjects
 	maps     map[string]*ebpf.Map // the maps of objs by name, for pinning and migration
 	links    []attachment
+	msgLink  link.Link // oh_msg on oh_sockhash (sockmap.go)
 	counters []string // kernel counter names by index, from the C enum
 	metrics  *Metrics
 	noTrack  bool
@@ -179,6 +180,10 @@ func Load(opts Options) (*Datapath, error) {
 		err = d.loadPinned(spec, sized)
 	}
 	if err != nil {
+		return nil, err
+	}
+	if err := d.attachMsg(); err != nil {
+		d.Close()
 		return nil, err
 	}
 	d.Enrollment = &Enrollment{m: d.objs.OhEnrolled, metrics: opts.Metrics}
@@ -367,6 +372,12 @@ func (d *Datapath) Close() error {
 		}
 	}
 	d.links = nil
+	if d.msgLink != nil {
+		if err := d.msgLink.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close sk_msg link: %w", err))
+		}
+		d.msgLink = nil
+	}
 	d.metrics.kernelSource(d, nil)
 	if err := d.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close onehop programs and maps: %w", err))

@@ -22,10 +22,23 @@ type Enrollment struct {
 type NetnsOptions struct {
 	Telemetry bool `json:"telemetry"`  // report its connections: metrics, and the access log if on
 	AccessLog bool `json:"access_log"` // an access log line per connection event (with Telemetry)
+	// Sockmap accelerates its same-node connections (peers on loopback or at an address given
+	// to Datapath.SetLocal): payloads go from socket to socket, skipping TCP/IP.
+	Sockmap bool `json:"sockmap,omitempty"`
+	// Sidecar says a sidecar proxy in the pod intercepts its connections: its connects are not
+	// balanced (the proxy does that), and with Sockmap every connection it opens is a same-node
+	// hop (to its proxy, or from the proxy to a peer).
+	Sidecar bool `json:"sidecar,omitempty"`
 }
 
 func (o NetnsOptions) flags() uint8 {
 	f := uint8(bpf.OnehopOhNetnsFlagOH_NETNS_BALANCE)
+	if o.Sidecar {
+		f = uint8(bpf.OnehopOhNetnsFlagOH_NETNS_SIDECAR)
+	}
+	if o.Sockmap {
+		f |= uint8(bpf.OnehopOhNetnsFlagOH_NETNS_SOCKMAP)
+	}
 	if o.Telemetry {
 		f |= uint8(bpf.OnehopOhNetnsFlagOH_NETNS_TELEMETRY)
 	}
@@ -39,6 +52,8 @@ func optionsOf(f uint8) NetnsOptions {
 	return NetnsOptions{
 		Telemetry: f&uint8(bpf.OnehopOhNetnsFlagOH_NETNS_TELEMETRY) != 0,
 		AccessLog: f&uint8(bpf.OnehopOhNetnsFlagOH_NETNS_ACCESS_LOG) != 0,
+		Sockmap:   f&uint8(bpf.OnehopOhNetnsFlagOH_NETNS_SOCKMAP) != 0,
+		Sidecar:   f&uint8(bpf.OnehopOhNetnsFlagOH_NETNS_SIDECAR) != 0,
 	}
 }
 

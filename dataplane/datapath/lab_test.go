@@ -43,6 +43,9 @@ func TestMain(m *testing.M) {
 	if job := os.Getenv(agentEnv); job != "" {
 		os.Exit(runAgent(job))
 	}
+	if job := os.Getenv(sockmapEnv); job != "" {
+		os.Exit(runSockmapChild(job))
+	}
 	os.Exit(m.Run())
 }
 

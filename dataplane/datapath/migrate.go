@@ -49,6 +49,16 @@ var olderLayouts = map[int]map[string]mapChange{
 	},
 	2: {bpf.OnehopMapOhConns: connsV3, bpf.OnehopMapOhCounters: {maxEntries: 10, copier: addCounts}, bpf.OnehopMapOhEvents: added},
 	3: {bpf.OnehopMapOhConns: connsV3, bpf.OnehopMapOhCounters: {maxEntries: 11, copier: addCounts}, bpf.OnehopMapOhEvents: added},
+	4: {bpf.OnehopMapOhCounters: {maxEntries: 13, copier: addCounts}},
+}
+
+// Layout 5 added same-node acceleration's maps: every older layout lacks them.
+func init() {
+	for v := 1; v <= 4; v++ {
+		for _, m := range []string{bpf.OnehopMapOhSockhash, bpf.OnehopMapOhLocalAddrs, bpf.OnehopMapOhRedirectedBytes} {
+			olderLayouts[v][m] = added
+		}
+	}
 }
 
 // connsV3 converts oh_conns of layouts 2 and 3: the connection's direction and VIP are unknown

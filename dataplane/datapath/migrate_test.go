@@ -107,7 +107,10 @@ func testMigration(t *testing.T, from int) {
 	}
 	const cookie = uint64(1) << 60 // no socket has it
 	var put any = rec
-	if from > 1 { // layout 3's record, its state unknown as a migrated layout 1 one
+	switch {
+	case from >= 4: // today's record
+		put = bpf.OnehopOhConn{Src: rec.Src, Dst: rec.Dst, Netns: rec.Netns, EstablishedNs: rec.EstablishedNs, StateNs: rec.EstablishedNs}
+	case from > 1: // layout 3's record, its state unknown as a migrated layout 1 one
 		put = connV3{connV1: rec, StateNs: rec.EstablishedNs}
 	}
 	if err := old[bpf.OnehopMapOhConns].Put(cookie, put); err != nil {
@@ -322,7 +325,7 @@ func TestLoadRefusesForeignPinsAndChangesNothing(t *testing.T) {
 		})
 	}
 	l.open(testOptions) // with the foreign objects gone, the earlier datapath is adopted
-	if a := l.dp.Adopted(); a.Layout != LayoutVersion || len(a.Links) != 5 {
+	if a := l.dp.Adopted(); a.Layout != LayoutVersion || len(a.Links) != 6 {
 		t.Errorf("Adopted() = %+v after the foreign objects were removed", a)
 	}
 }

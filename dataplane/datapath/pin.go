@@ -34,8 +34,8 @@ import (
 // flags (and the size of oh_counters, which follows enum oh_counter). Bump it with any change
 // to those and describe the previous layout in olderLayouts, so it is migrated, never misread.
 // Version 1 is the layout before struct oh_conn had its state fields; version 2 the one before
-// the connect_refused counter.
-const LayoutVersion = 4
+// the connect_refused counter; version 4 the one before same-node acceleration (sockmap).
+const LayoutVersion = 5
 
 // Adopted is what Load found under Options.PinDir.
 type Adopted struct {

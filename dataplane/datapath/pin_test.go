@@ -296,9 +296,9 @@ func TestRestartsKeepTrafficFlowing(t *testing.T) {
 			adopted, st = l.dp.Adopted(), l.apply(svcs...)
 		}
 		downs = append(downs, [2]int64{down, monotonic()})
-		if adopted.Layout != LayoutVersion || len(adopted.Links) != 5 || adopted.Services != 2 ||
+		if adopted.Layout != LayoutVersion || len(adopted.Links) != 6 || adopted.Services != 2 ||
 			!slices.Equal(adopted.Enrolled, []uint64{l.cookie}) || adopted.Conns < 1 {
-			t.Fatalf("restart %d adopted %+v: want layout %d, 5 links, 2 services, netns %d enrolled, the long-lived connection",
+			t.Fatalf("restart %d adopted %+v: want layout %d, 6 links (5 cgroup, sockmap/msg), 2 services, netns %d enrolled, the long-lived connection",
 				i, adopted, LayoutVersion, l.cookie)
 		}
 		if st != (ApplyStats{}) {
@@ -469,8 +469,8 @@ func TestUninstallRemovesOnlyWhatOnehopPinned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.Links != 5 || u.Pins != 13 {
-		t.Errorf("Uninstall: %+v, want 5 links detached and 13 pins (8 maps, 5 links) removed", u)
+	if u.Links != 6 || u.Pins != 17 {
+		t.Errorf("Uninstall: %+v, want 6 links detached and 17 pins (11 maps, 6 links) removed", u)
 	}
 	want := []string{"foreign", "other", "other/foreign", "v2-not-a-layout"}
 	if left := pins(t, l.pinDir); !slices.Equal(left, want) {
@@ -555,8 +555,8 @@ func TestLoadDropsLinksOfRemovedCgroups(t *testing.T) {
 			dropped++
 		}
 	}
-	if len(a.Links) != 5 || dropped != 5 {
-		t.Errorf("Adopted() = %+v, want the 5 links of the lab cgroup adopted and the 5 of the removed one unpinned", a)
+	if len(a.Links) != 6 || dropped != 5 {
+		t.Errorf("Adopted() = %+v, want the 5 links of the lab cgroup and sockmap/msg adopted and the 5 of the removed one unpinned", a)
 	}
 	for _, p := range pins(t, l.pinDir) {
 		if strings.Contains(p, fmt.Sprintf("cgroup-%d", goneID)) {
