@@ -26,7 +26,8 @@ const (
 // region is what a claim says an estimate is: lo ≤ x ≤ hi (±Inf for an open side).
 type region struct{ lo, hi float64 }
 
-func atMost(hi float64) region { return region{math.Inf(-1), hi} }
+func atMost(hi float64) region  { return region{math.Inf(-1), hi} }
+func atLeast(lo float64) region { return region{lo, math.Inf(1)} }
 
 func (g region) has(x float64) bool { return g.lo <= x && x <= g.hi }
 

@@ -352,3 +352,48 @@ func parseCI(t *testing.T, s string) (med, lo, hi float64) {
 	}
 	return med, lo, hi
 }
+
+// TestScorecardSockmap: C5's verdict follows the paired ratios of both scenarios: reproduced
+// when sockmap cuts onehop's mean latency by 15% and raises the chain's QPS by 25% at every
+// repetition, not reproduced when it changes nothing.
+func TestScorecardSockmap(t *testing.T) {
+	results := func(latGain, qpsGain float64) []*bench.Result {
+		var out []*bench.Result
+		for _, name := range []string{scSockLat, scSockQPS} {
+			r := testResult()
+			r.Scenario.Name, r.Runs = name, nil
+			for rep := range 10 {
+				d := 1 + 0.05*float64(rep%3) // the machine drifts between repetitions
+				for _, v := range []string{"onehop", "onehop-sockmap", "sidecar", "sidecar-sockmap"} {
+					avg, qps := 300*d, 5000/d
+					if strings.HasSuffix(v, "-sockmap") {
+						avg, qps = avg*latGain, qps*qpsGain
+					}
+					r.Runs = append(r.Runs, bench.Run{ID: fmt.Sprintf("%s-%d", v, rep), Variant: v, Placement: "same-node", Connections: 60,
+						KeepAlive: true, Repetition: rep, Valid: true, Latency: bench.Latency{AvgUS: avg, ActualQPS: qps}})
+				}
+			}
+			out = append(out, r)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		lat, qps float64
+		want     string
+	}{{0.85, 1.25, "| reproduced |"}, {1, 1, "| not reproduced |"}} {
+		dir := t.TempDir()
+		if err := Scorecard(results(tc.lat, tc.qps), dir); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, "claims.md"))
+		var c5 string
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "| C5 |") {
+				c5 = line
+			}
+		}
+		if !strings.HasSuffix(c5, tc.want) || !strings.Contains(c5, fmt.Sprintf("onehop pod to pod same-node c=60 %.3f", tc.lat)) {
+			t.Errorf("latency x%.2f, QPS x%.2f: C5 row\n%s\nwant it to end %q", tc.lat, tc.qps, c5, tc.want)
+		}
+	}
+}

@@ -17,6 +17,9 @@ func TestParseFlags(t *testing.T) {
 	if c, err = parseFlags([]string{"--node-id", "n1"}); err != nil || c.memoryLimit != 0 {
 		t.Fatalf("ONEHOP_MEMORY_LIMIT=0: got %d, %v", c.memoryLimit, err)
 	}
+	if c, err = parseFlags([]string{"--node-id", "n1", "--sockmap"}); err != nil || !c.sockmap {
+		t.Fatalf("--sockmap: got %+v, %v", c, err)
+	}
 	if c, err = parseFlags([]string{"--uninstall", "--bpffs", "/sys/fs/bpf/x"}); err != nil || !c.uninstall || c.bpffs != "/sys/fs/bpf/x" {
 		t.Fatalf("--uninstall without --node-id: got %+v, %v", c, err)
 	}
@@ -29,6 +32,7 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--node-id", "n1", "--memory-limit", "75MB"}, `--memory-limit: "75MB" is not a size`},
 		{[]string{"--node-id", "n1", "--memory-limit", "-1"}, `--memory-limit: "-1" is not a size`},
 		{[]string{"--node-id", "n1", "--memory-limit", "99999999999GiB"}, "is not a size"},
+		{[]string{"--node-id", "n1", "--sockmap", "--telemetry=false", "--track-connections=false"}, "--sockmap needs --track-connections"},
 	} {
 		if _, err := parseFlags(tc.args); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseFlags(%q) = %v, want an error containing %q", tc.args, err, tc.want)

@@ -35,6 +35,11 @@ const DataplaneModeLabel = "istio.io/dataplane-mode"
 // agent's default: metrics on.
 const TelemetryLabel = "onehop.io/telemetry"
 
+// SockmapLabel on a namespace accelerates its pods' same-node connections with sockmap: "on"
+// for onehop's pods, "sidecar" for the pods of a sidecar namespace, which onehop's agents then
+// enroll for acceleration only (their proxies balance).
+const SockmapLabel = "onehop.io/sockmap"
+
 // xdsPort is where the lab's control plane listens on the first node (istiod's plaintext port).
 const xdsPort = 15010
 
@@ -288,7 +293,8 @@ func (o *Onehop) enrollRequest(c clusters.Cluster, h clusters.NodeHost, pod clus
 			labels = ns.Labels
 		}
 	}
-	if labels[DataplaneModeLabel] != o.Name() {
+	sidecar := o.Instance == "" && labels[SockmapLabel] == "sidecar"
+	if labels[DataplaneModeLabel] != o.Name() && !sidecar {
 		return agent.EnrollRequest{}, false
 	}
 	req := agent.EnrollRequest{Netns: h.NetnsPath(pod.Name), Pod: &telemetry.Workload{
@@ -296,6 +302,14 @@ func (o *Onehop) enrollRequest(c clusters.Cluster, h clusters.NodeHost, pod clus
 		CanonicalService: cmp.Or(pod.Labels["app"], pod.Name), CanonicalRevision: cmp.Or(pod.Labels["version"], "latest"),
 		Cluster: controlplane.ClusterID}, PodIPs: pod.IPs}
 	yes, no := true, false
+	req.Sockmap = &no
+	if labels[SockmapLabel] != "" {
+		req.Sockmap = &yes
+	}
+	if sidecar { // its proxy reports (and balances): onehop only accelerates
+		req.Sidecar, req.Telemetry, req.AccessLog = true, &no, &no
+		return req, true
+	}
 	switch labels[TelemetryLabel] {
 	case "off":
 		req.Telemetry, req.AccessLog = &no, &no

@@ -52,6 +52,9 @@ const drainTime = 5 * time.Second
 // Between sidecars the traffic is mutual TLS with certificates from the lab CA unless MTLS is off.
 type Sidecar struct {
 	MTLS bool
+	// Sockmap: the namespace is sidecar-sockmap's (SockmapLabel "sidecar"), not this variant's
+	// unless set (see SidecarSockmap).
+	Sockmap bool
 
 	// editConfig, when set, edits a pod's rendered HAProxy config before it is checked (tests).
 	editConfig func(pod string, cfg []byte) []byte
@@ -79,6 +82,9 @@ func init() {
 }
 
 func (s *Sidecar) Name() string {
+	if s.Sockmap {
+		return "sidecar-sockmap"
+	}
 	if s.MTLS {
 		return "sidecar"
 	}
@@ -99,6 +105,9 @@ func (s *Sidecar) Describe() string {
 }
 
 func (s *Sidecar) Labels() map[string]string {
+	if s.Sockmap {
+		return map[string]string{InjectionLabel: "enabled", SockmapLabel: "sidecar"}
+	}
 	if s.MTLS {
 		return map[string]string{InjectionLabel: "enabled"}
 	}
@@ -107,7 +116,8 @@ func (s *Sidecar) Labels() map[string]string {
 
 // injects says whether this variant injects the pods of a namespace.
 func (s *Sidecar) injects(ns clusters.Namespace) bool {
-	return ns.Labels[InjectionLabel] == "enabled" && (ns.Labels[MTLSLabel] == "disabled") == !s.MTLS
+	return ns.Labels[InjectionLabel] == "enabled" && (ns.Labels[MTLSLabel] == "disabled") == !s.MTLS &&
+		(ns.Labels[SockmapLabel] == "sidecar") == s.Sockmap
 }
 
 // injectedPods lists the pods of the namespaces this variant injects, sorted by name. With

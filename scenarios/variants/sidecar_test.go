@@ -25,7 +25,7 @@ import (
 // mesh-web-1 on n1 behind service "same", mesh-web-2 on n2 behind "cross", both port 80 ->
 // 8080) and a namespace "plain" with a client on n1, then installs v. It returns Install's
 // error; the variant is uninstalled (checked) and the lab removed when the test ends.
-func sidecarLab(t *testing.T, v *Sidecar) (*netns.Cluster, error) {
+func sidecarLab(t *testing.T, v NetnsVariant) (*netns.Cluster, error) {
 	t.Helper()
 	if _, err := HAProxyVersion(); err != nil {
 		t.Skip(err)

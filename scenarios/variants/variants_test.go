@@ -68,7 +68,8 @@ func TestDeploymentsAreNotShared(t *testing.T) {
 		t.Error("two sidecar installs share one deployment")
 	}
 	oa := new("onehop", a).(*Onehop)
-	if new("onehop", a).(*Onehop) != oa || new("onehop-telemetry-off", a).(*OnehopTelemetry).base != oa ||
+	if new("onehop", a).(*Onehop) != oa || new("onehop-telemetry-off", a).(*OnehopWith).base != oa ||
+		new("onehop-sockmap", a).(*OnehopWith).base != oa || new("sidecar-sockmap", a).(*SidecarSockmap).agents != oa ||
 		new("onehop-waypoint", a).(*OnehopWaypoint).base != oa {
 		t.Error("the onehop variants of one cluster do not share its agents")
 	}
