@@ -85,7 +85,7 @@ type Datapath struct {
 	maps     map[string]*ebpf.Map // the maps of objs by name, for pinning and migration
 	links    []attachment
 	msgLink  link.Link // oh_msg on oh_sockhash (sockmap.go)
-	counters []string // kernel counter names by index, from the C enum
+	counters []string  // kernel counter names by index, from the C enum
 	metrics  *Metrics
 	noTrack  bool
 	pinDir   string
