@@ -71,3 +71,34 @@ restart:
 		t.Errorf("report wrote %v", files)
 	}
 }
+
+// TestRestartMidTrafficSockmap: with same-node connections redirected by sockmap, 10 agent
+// restarts (SIGTERM and SIGKILL in turn) lose no long-lived connection, request or new
+// connection: the sockhash and its sk_msg link are pinned and adopted like the rest.
+func TestRestartMidTrafficSockmap(t *testing.T) {
+	r := testRunner(t, "trsockmap")
+	res, _ := runYAML(t, r, `
+name: restart-sockmap-test
+kind: restart-mid-traffic
+variants: [onehop-sockmap]
+placements: [same-node]
+restart:
+  restarts: 10
+  interval: 500ms
+  lead: 500ms
+  tail: 1s
+  longLived: 8
+  newConnectionRate: 100
+`)
+	if len(res.Survival) != 1 {
+		t.Fatalf("%d survival results, want 1", len(res.Survival))
+	}
+	sv := res.Survival[0]
+	m := sv.Summary
+	t.Logf("%s: %+v", sv.Variant, m)
+	if sv.Error != "" || len(sv.Restarts) != 10 || m.LongLived != 8 || m.LongLivedSurviving != 8 ||
+		m.RequestsFailed != 0 || m.NewConnFailed != 0 || m.NewConnOK < 300 || sv.ViaServiceRules != 0 {
+		t.Errorf("%s: %d restarts (error %q), %d of %d long-lived survived, %d requests and %d new connections failed (%d ok), %d via kube-proxy rules",
+			sv.Variant, len(sv.Restarts), sv.Error, m.LongLivedSurviving, m.LongLived, m.RequestsFailed, m.NewConnFailed, m.NewConnOK, sv.ViaServiceRules)
+	}
+}
