@@ -30,6 +30,7 @@ func installOptions(ctx context.Context, cfg *envconf.Config) (install.Options, 
 	if c := setup.local; c != nil { // the cluster's own cgroup root, bpffs and run directory
 		o.Set = []string{"host.cgroup=" + c.CgroupV2, "host.bpffs=" + c.BPFFS, "host.run=" + c.RunDir}
 	}
+	o.Set = append(o.Set, chartSet...)
 	return o, nil
 }
 

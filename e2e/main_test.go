@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
 	"sigs.k8s.io/e2e-framework/pkg/env"
@@ -34,8 +35,19 @@ var (
 
 	imageTag    = flag.String("image-tag", "", "tag of onehop.local/onehop-agent and onehop.local/onehop-workload already on the nodes (with --kubeconfig); empty: build and load them (localkube)")
 	serviceCIDR = flag.String("service-cidr", "10.96.0.0/12", "the cluster's service CIDR (what the lab's control plane serves VIPs from)")
+	chartSet    stringList // --chart-set, repeated
 	keep        = flag.Bool("keep", false, "leave the localkube cluster up after the suite (remove it with: onehop-e2e down, or localkube.Down)")
 )
+
+func init() {
+	flag.Var(&chartSet, "chart-set", "a helm --set value for the onehop chart, repeatable (with --kubeconfig); e.g. host.cgroup=/sys/fs/cgroup/unified on a kind node of a host with a hybrid cgroup hierarchy")
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 // suite is what the environment's setup made, for the features.
 type suite struct {
