@@ -11,7 +11,7 @@ DEPS  := ip:iproute2 iptables-restore:iptables ip6tables-restore:iptables sysctl
          containerd:containerd ctr:containerd runc:runc skopeo:skopeo \
          /usr/lib/cni/bridge:containernetworking-plugins
 
-.PHONY: all deps build image generate doctor test test-istiod e2e lint bench-all bench-quick bench-latency bench-scale bench-datapath gate report kube-bins
+.PHONY: all deps build image generate doctor test test-istiod e2e lint bench-all bench-quick bench-latency bench-scale bench-datapath gate report kube-bins kind-lab kind-lab-clean
 
 all: build
 
@@ -29,6 +29,22 @@ deps:
 
 build:
 	$(GO) build -o bin/ ./cmd/onehop ./cmd/onehop-agent
+
+# kind on these machines, offline (clusters/kind/nodeimage/FINDINGS.md): a dockerd of the lab's
+# own under /var/tmp/onehop-kindlab (runc wrapper for the missing CAP_SYS_RESOURCE) and a kind node
+# image built here (Debian rootfs, Kubernetes from the module proxy). Then, for example:
+#   eval "$$(clusters/kind/nodeimage/lab.sh env)"
+#   bin/onehop run --provider kind --kind-image onehop.local/kind-node:v1.37.2 \
+#     --kind-config clusters/kind/nodeimage/kind-config.yaml scenarios/kubernetes/baseline-vs-onehop.yaml
+# kind-lab-clean removes the dockerd, its rules, bridges and files again.
+kind-lab: deps kube-bins
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null)
+	clusters/kind/nodeimage/lab.sh start
+	clusters/kind/nodeimage/build.sh
+
+kind-lab-clean:
+	clusters/kind/nodeimage/lab.sh clean
 
 # The agent's container image, without a Docker daemon or registry: a static onehop-agent on an
 # empty base, as a docker-archive tarball (docker/podman load, ctr images import, kind load

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/kind/pkg/cluster"
 	"sigs.k8s.io/kind/pkg/cluster/nodeutils"
 
@@ -31,7 +32,13 @@ const ProviderName = "kind"
 type Provider struct {
 	Source    string // the onehop module's root, the images are built from
 	NodeImage string // kind's node image; empty: kind's default for its version
-	Logf      func(format string, args ...any)
+	// Config is a kind cluster config file to create the cluster with (e.g. the offline node
+	// image's, clusters/kind/nodeimage/kind-config.yaml); empty: spec.Nodes nodes, kind's defaults.
+	Config string
+	// ChartSet are more helm --set values for the onehop chart. On a host whose cgroup v2 is
+	// the hybrid one (/sys/fs/cgroup/unified), host.cgroup is set to it whatever these say first.
+	ChartSet []string
+	Logf     func(format string, args ...any)
 }
 
 // ErrNoEngine is returned when no container engine kind can use is found.
@@ -66,6 +73,13 @@ func (p *Provider) Up(ctx context.Context, spec clusters.Spec) (clusters.Cluster
 	config := "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: control-plane\n"
 	for i := 1; i < spec.Nodes; i++ {
 		config += "- role: worker\n"
+	}
+	if p.Config != "" {
+		b, err := os.ReadFile(p.Config)
+		if err != nil {
+			return nil, fmt.Errorf("kind: config: %w", err)
+		}
+		config = string(b)
 	}
 	opts := []cluster.CreateOption{cluster.CreateWithRawConfig([]byte(config)), cluster.CreateWithWaitForReady(0), cluster.CreateWithDisplayUsage(false)}
 	if p.NodeImage != "" {
@@ -113,6 +127,11 @@ func (p *Provider) prepare(ctx context.Context, kp *cluster.Provider, name strin
 		return nil, err
 	}
 	for _, n := range nodes {
+		// The agents pin in bpffs, which kind's nodes do not mount: without it they run unpinned
+		// and a restart detaches their programs.
+		if err := n.Command("sh", "-c", "mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf").Run(); err != nil {
+			return nil, fmt.Errorf("kind: mount a bpffs in node %s: %w", n, err)
+		}
 		for _, tar := range []string{agent.Path, wl.Path} {
 			f, err := os.Open(tar)
 			if err != nil {
@@ -135,9 +154,22 @@ func (p *Provider) prepare(ctx context.Context, kp *cluster.Provider, name strin
 		return nil, err
 	}
 	cidr := netip.MustParsePrefix("10.96.0.0/16") // kind's service subnet
+	set := p.ChartSet
+	if hybridCgroups() {
+		// The nodes see the host's cgroup layout: v2 is the hybrid hierarchy's.
+		set = append(set, "host.cgroup=/sys/fs/cgroup/unified")
+	}
 	return &kube.Provider{Kubeconfig: kubeconfig, Kubectl: node.Kubectl, WorkloadImage: wl.Ref, ServiceCIDR: cidr, Name: ProviderName,
 		Log: slog.Default(), Install: install.Options{Helm: helm, Chart: install.ChartDir(p.Source), AgentImage: agent.Ref,
-			WorkloadImage: wl.Ref, ServiceCIDR: cidr.String()}}, nil
+			WorkloadImage: wl.Ref, ServiceCIDR: cidr.String(), Set: set}}, nil
+}
+
+// hybridCgroups reports whether this host mounts cgroup v1 at /sys/fs/cgroup with cgroup v2 at
+// /sys/fs/cgroup/unified (systemd's hybrid layout), as these machines do.
+func hybridCgroups() bool {
+	var root, unified unix.Statfs_t
+	return unix.Statfs("/sys/fs/cgroup", &root) == nil && root.Type != unix.CGROUP2_SUPER_MAGIC &&
+		unix.Statfs("/sys/fs/cgroup/unified", &unified) == nil && unified.Type == unix.CGROUP2_SUPER_MAGIC
 }
 
 // Open is not supported: a lab lives as long as the run that made it.

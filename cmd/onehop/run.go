@@ -38,6 +38,8 @@ type overrides struct {
 	imageTag         string
 	serviceCIDR      string
 	chartSet         []string
+	kindImage        string
+	kindConfig       string
 }
 
 // Quick settings: a first look at every scenario in a few minutes (bench-quick); results and
@@ -62,7 +64,9 @@ func (o *overrides) register(cmd *cobra.Command) {
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "--provider kube: the cluster's kubeconfig")
 	f.StringVar(&o.imageTag, "image-tag", "", "--provider kube: tag of onehop.local/onehop-agent and onehop.local/onehop-workload, already on every node (see e2e/README.md)")
 	f.StringVar(&o.serviceCIDR, "service-cidr", "10.96.0.0/12", "--provider kube: the cluster's service CIDR")
-	f.StringSliceVar(&o.chartSet, "chart-set", nil, "--provider kube: more helm --set values for the onehop chart (e.g. host.cgroup=/sys/fs/cgroup/unified)")
+	f.StringSliceVar(&o.chartSet, "chart-set", nil, "--provider kube or kind: more helm --set values for the onehop chart (e.g. host.cgroup=/sys/fs/cgroup/unified)")
+	f.StringVar(&o.kindImage, "kind-image", "", "--provider kind: the node image (e.g. onehop.local/kind-node:v1.37.2, built offline by clusters/kind/nodeimage); empty: kind's default")
+	f.StringVar(&o.kindConfig, "kind-config", "", "--provider kind: a kind cluster config file (e.g. clusters/kind/nodeimage/kind-config.yaml); empty: one node per scenario node, kind's defaults")
 	f.StringVar(&o.provider, "provider", netns.ProviderName, "where the lab runs: netns (network namespaces on this host) localkube (a real single-node Kubernetes on this host, built from the module proxy) kind (needs Docker or Podman) or kube (any cluster: --kubeconfig, --image-tag); on Kubernetes the variants are baseline and onehop; run from the onehop checkout")
 	f.BoolVar(&o.quick, "quick", false, fmt.Sprintf("a first look: %d repetitions of %s, %d restarts, %d new pods; reports are marked quick",
 		quickRepetitions, quickDuration, quickRestarts, quickPods))
@@ -124,7 +128,7 @@ func (o *overrides) runner() (*scenarios.Runner, error) {
 		}
 		p = &localkube.Provider{Source: ".", Logf: logf}
 		if o.provider == kind.ProviderName {
-			p = &kind.Provider{Source: ".", Logf: logf}
+			p = &kind.Provider{Source: ".", Logf: logf, NodeImage: o.kindImage, Config: o.kindConfig, ChartSet: o.chartSet}
 		}
 	case kube.ProviderName:
 		if p, err = o.kubeProvider(logf); err != nil {

@@ -27,9 +27,9 @@ type kubeCluster interface {
 }
 
 // On Kubernetes, the baseline is the cluster's own kube-proxy, and onehop is its chart with the
-// lab's control plane (deploy/install); both for clusters of any kubeconfig and for localkube.
+// lab's control plane (deploy/install); for clusters of any kubeconfig, localkube and kind.
 func init() {
-	for _, provider := range []string{kube.ProviderName, "localkube"} {
+	for _, provider := range []string{kube.ProviderName, "localkube", "kind"} {
 		RegisterInstaller(provider, "baseline", kubeInstaller(func(context.Context, kubeCluster) (Deployment, error) {
 			return kubeBaseline{}, nil
 		}))
