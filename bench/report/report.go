@@ -29,10 +29,14 @@ var plotted = []string{"p50", "p90", "p99"}
 // Metric names for the non-latency values aggregated per cell; components get compPrefix.
 const (
 	mQPS       = "qps"
+	mMean      = "mean"
 	mBusy      = "busy"
 	mSoftirq   = "softirq"
 	compPrefix = "cpu:"
 )
+
+// optionSuffix names a variant's twin with same-node acceleration on (onehop-sockmap).
+const optionSuffix = "-sockmap"
 
 // minCI is the fewest values a confidence interval is computed from: a bootstrap over two values
 // only redraws those two, and would show the min–max range under another name.
@@ -212,6 +216,7 @@ func aggregate(runs []bench.Run) map[string]stat {
 			continue
 		}
 		add(mQPS, r.Repetition, r.Latency.ActualQPS)
+		add(mMean, r.Repetition, r.Latency.AvgUS)
 		add(mBusy, r.Repetition, r.CPUPer1k.HostBusyMS)
 		add(mSoftirq, r.Repetition, r.CPUPer1k.HostSoftirqMS)
 		for _, p := range plotted {
@@ -363,6 +368,28 @@ func writeSection(b *strings.Builder, s *section, title, base string) {
 			}
 		}
 		writeTable(b, []string{"variant", "connections", "p50 ratio [95% CI]", "p99 ratio [95% CI]", "Mann–Whitney p (p50)", "pairs"}, rows)
+	}
+
+	// A variant and its accelerated twin (onehop and onehop-sockmap): what the option changes.
+	rows = nil
+	for _, v := range s.variants {
+		if !strings.HasSuffix(v, optionSuffix) || !slices.Contains(s.variants, strings.TrimSuffix(v, optionSuffix)) {
+			continue
+		}
+		for _, c := range s.conns {
+			va, vb := cell{v, c}, cell{strings.TrimSuffix(v, optionSuffix), c}
+			mean, pairs := s.pairedRatio(va, vb, mMean)
+			p50, _ := s.pairedRatio(va, vb, "p50")
+			p99, _ := s.pairedRatio(va, vb, "p99")
+			qps, _ := s.pairedRatio(va, vb, mQPS)
+			busy, _ := s.pairedRatio(va, vb, mBusy)
+			rows = append(rows, []string{v + " / " + vb.variant, fmt.Sprint(c), mean, p50, p99, qps, busy, fmt.Sprint(pairs)})
+		}
+	}
+	if len(rows) > 0 {
+		fmt.Fprintf(b, "With %s / without, paired per repetition (median with its 95%% CI): latency (mean, p50, p99), "+
+			"achieved QPS and host CPU per 1000 requests:\n\n", strings.TrimPrefix(optionSuffix, "-"))
+		writeTable(b, []string{"variants", "connections", "mean ratio", "p50 ratio", "p99 ratio", "QPS ratio", "CPU ratio", "pairs"}, rows)
 	}
 
 	fmt.Fprintf(b, "CPU-milliseconds per 1000 requests (median over valid repetitions, host busy with its 95%% CI); "+

@@ -397,3 +397,27 @@ func TestScorecardSockmap(t *testing.T) {
 		}
 	}
 }
+
+// TestRenderOptionTwins: a variant and its -sockmap twin get a paired with/without table.
+func TestRenderOptionTwins(t *testing.T) {
+	r := testResult()
+	r.Runs = nil
+	for rep := range 5 {
+		d := 1 + 0.1*float64(rep)
+		for _, v := range []string{"onehop", "onehop-sockmap"} {
+			avg, qps := 200*d, 1000.0
+			if v == "onehop-sockmap" {
+				avg, qps = avg*0.8, qps*1.25
+			}
+			r.Runs = append(r.Runs, bench.Run{ID: fmt.Sprintf("%s-%d", v, rep), Variant: v, Placement: "same-node", Connections: 60,
+				KeepAlive: true, Mode: "max-qps", Duration: 3 * time.Second, Repetition: rep, Valid: true,
+				Latency: bench.Latency{AvgUS: avg, ActualQPS: qps, Percentiles: map[string]float64{"p50": avg, "p90": avg, "p99": avg}},
+				CPUPer1k: bench.CPUPer1k{HostBusyMS: 100}})
+		}
+	}
+	md, _, _ := render(t, r)
+	got := row(t, md, "onehop-sockmap / onehop | 60", "With sockmap / without, paired")
+	if len(got) < 6 || !strings.HasPrefix(got[0], "0.80") || !strings.HasPrefix(got[3], "1.25") || got[5] != "5" {
+		t.Errorf("twin row %q, want mean ratio 0.80, QPS ratio 1.25 over 5 pairs", got)
+	}
+}
