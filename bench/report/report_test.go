@@ -411,7 +411,7 @@ func TestRenderOptionTwins(t *testing.T) {
 			}
 			r.Runs = append(r.Runs, bench.Run{ID: fmt.Sprintf("%s-%d", v, rep), Variant: v, Placement: "same-node", Connections: 60,
 				KeepAlive: true, Mode: "max-qps", Duration: 3 * time.Second, Repetition: rep, Valid: true,
-				Latency: bench.Latency{AvgUS: avg, ActualQPS: qps, Percentiles: map[string]float64{"p50": avg, "p90": avg, "p99": avg}},
+				Latency:  bench.Latency{AvgUS: avg, ActualQPS: qps, Percentiles: map[string]float64{"p50": avg, "p90": avg, "p99": avg}},
 				CPUPer1k: bench.CPUPer1k{HostBusyMS: 100}})
 		}
 	}
