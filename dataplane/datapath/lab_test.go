@@ -299,18 +299,28 @@ type child struct {
 	stderr bytes.Buffer
 }
 
-// start runs job in a child process placed in the lab cgroup (at clone time) and netns.
-func (l *lab) start(job clientJob) *child {
+// childCmd is this test binary as a child that runs job (JSON in env), placed in the lab cgroup
+// at clone time; start it inside l.netns.run, so that it inherits the lab's netns. done closes
+// the cgroup's descriptor once it started.
+func (l *lab) childCmd(env string, job any) (cmd *exec.Cmd, done func()) {
 	l.t.Helper()
 	spec, _ := json.Marshal(job)
 	cg, err := os.Open(l.cgroup)
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	defer cg.Close()
-	c := &child{cmd: exec.Command(os.Args[0])}
-	c.cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Pdeathsig: syscall.SIGKILL}
+	cmd = exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), env+"="+string(spec))
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Pdeathsig: syscall.SIGKILL}
+	return cmd, func() { cg.Close() }
+}
+
+// start runs job in a child process placed in the lab cgroup (at clone time) and netns.
+func (l *lab) start(job clientJob) *child {
+	l.t.Helper()
+	cmd, done := l.childCmd(childEnv, job)
+	defer done()
+	c := &child{cmd: cmd}
 	c.cmd.Stderr = &c.stderr
 	stdinR, stdinW, err := os.Pipe()
 	if err != nil {

@@ -239,19 +239,14 @@ type sockmapProc struct {
 	stderr bytes.Buffer
 }
 
-// sockmapChild starts the child (see start in lab_test.go for the placement).
+// sockmapChild starts the child in the lab's cgroup and netns.
 func (l *lab) sockmapChild(job sockmapJob) *sockmapProc {
 	l.t.Helper()
-	spec, _ := json.Marshal(job)
-	cg, err := os.Open(l.cgroup)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	defer cg.Close()
-	p := &sockmapProc{cmd: exec.Command(os.Args[0])}
-	p.cmd.Env = append(os.Environ(), sockmapEnv+"="+string(spec))
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Pdeathsig: syscall.SIGKILL}
+	cmd, done := l.childCmd(sockmapEnv, job)
+	defer done()
+	p := &sockmapProc{cmd: cmd}
 	p.cmd.Stderr = &p.stderr
+	var err error
 	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
 		l.t.Fatal(err)
 	}
