@@ -274,7 +274,7 @@ func snapshotHost(t *testing.T, p *Provider, ours string) hostState {
 	keep := func(lines []string) []string {
 		var out []string
 		for _, l := range lines {
-			if !other(l) && !strings.HasPrefix(l, "#") {
+			if l != "" && !other(l) && !strings.HasPrefix(l, "#") {
 				out = append(out, l)
 			}
 		}
