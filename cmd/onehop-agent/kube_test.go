@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -288,19 +289,27 @@ func (n *kubeNode) createPod(t *testing.T, c kubernetes.Interface, p *testPod) {
 		if err := os.MkdirAll(cg, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		fd, err := os.Open(cg)
-		if err != nil {
-			t.Fatal(err)
-		}
+		// Into the pod's cgroup only once it is in the pod's netns, as a container runtime does:
+		// placed at clone time, nsenter would sit in the cgroup in the host's netns for a moment,
+		// and an agent looking then would enroll the host's.
 		cmd := exec.Command("nsenter", "--net=/run/netns/"+p.netns, "--", "sleep", "3600")
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(fd.Fd()), Pdeathsig: syscall.SIGKILL}
-		err = cmd.Start()
-		fd.Close()
-		if err != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
 			t.Fatalf("start %s of pod %s: %v", cid, p.name, err)
 		}
 		p.procs = append(p.procs, cmd)
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			if c, err := enrollment.Cookie(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid)); err == nil && c == p.cookie {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s of pod %s never entered its netns", cid, p.name)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+			t.Fatalf("move %s of pod %s into %s: %v", cid, p.name, cg, err)
+		}
 	}
 }
 
