@@ -115,6 +115,66 @@ func TestEnrollmentAndBalancing(t *testing.T) {
 	testenv.Test(t, f)
 }
 
+// Pods of a namespace labelled onehop.io/sockmap=on talk to pods of their own node socket to
+// socket: the agents count payloads redirected by sk_msg, every request succeeds, and telemetry
+// still sees the connections.
+func TestSameNodeAcceleration(t *testing.T) {
+	ns := "e2e-sockmap"
+	f := features.New("same-node acceleration").
+		Setup(func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
+			cs := must(clientset(cfg))(t)
+			createNamespace(ctx, t, cs, ns, map[string]string{kube.ModeLabel: kube.Mode, kube.SockmapLabel: "on"})
+			deployWeb(ctx, t, cs, ns)
+			return ctx
+		}).
+		Assess("same-node payloads are redirected and nothing fails", func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
+			cs := must(clientset(cfg))(t)
+			enrolledAnnotation(ctx, t, cs, ns, true)
+			redirected, opened := agentMetric(ctx, t, cs, "onehop_kernel_msg_redirected_total", nil), connectionsOpened(ctx, t, cs, ns)
+			res := runLoad(ctx, t, cs, ns, "load-sockmap")
+			if res.RetCodes[200] == 0 || res.RetCodes[200] != res.DurationHistogram.Count {
+				t.Errorf("%d requests, %d answered 200", res.DurationHistogram.Count, res.RetCodes[200])
+			}
+			if !sharesANode(ctx, t, cs, ns, "job-name=load-sockmap", "app=web") {
+				t.Skip("the load's pod and the web pods ran on different nodes: nothing same-node to accelerate")
+			}
+			r, o := agentMetric(ctx, t, cs, "onehop_kernel_msg_redirected_total", nil)-redirected, connectionsOpened(ctx, t, cs, ns)-opened
+			t.Logf("%d requests over %d connections: %.0f payloads redirected, %.0f connections reported", res.RetCodes[200], res.SocketCount, r, o)
+			if r < float64(res.SocketCount) {
+				t.Errorf("%.0f payloads redirected for %d same-node connections: want at least one each", r, res.SocketCount)
+			}
+			if o < float64(res.SocketCount) {
+				t.Errorf("telemetry counted %.0f connections, fortio opened %d", o, res.SocketCount)
+			}
+			return ctx
+		}).
+		Teardown(removeNamespace(ns)).Feature()
+	testenv.Test(t, f)
+}
+
+// sharesANode reports whether a pod of selector a runs on the node of a pod of selector b.
+func sharesANode(ctx context.Context, t *testing.T, cs kubernetes.Interface, ns, a, b string) bool {
+	t.Helper()
+	nodes := func(sel string) map[string]bool {
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, p := range pods.Items {
+			out[p.Spec.NodeName] = true
+		}
+		return out
+	}
+	nb := nodes(b)
+	for n := range nodes(a) {
+		if nb[n] {
+			return true
+		}
+	}
+	return false
+}
+
 // The agents' DaemonSet is restarted (kubectl rollout restart) while a client holds long-lived
 // connections and opens new ones to an enrolled service: as in Cilium's conn-disrupt test, any
 // lost connection or failed request fails.
@@ -378,6 +438,13 @@ func agentPods(ctx context.Context, t *testing.T, cs kubernetes.Interface) []cor
 // ns to its web Service (Istio's standard metric, source side).
 func connectionsOpened(ctx context.Context, t *testing.T, cs kubernetes.Interface, ns string) float64 {
 	t.Helper()
+	return agentMetric(ctx, t, cs, "istio_tcp_connections_opened_total", map[string]string{"reporter": "source",
+		"source_workload_namespace": ns, "destination_service": "web." + ns + ".svc.cluster.local"})
+}
+
+// agentMetric sums a counter's series with labels over every node's agent.
+func agentMetric(ctx context.Context, t *testing.T, cs kubernetes.Interface, family string, labels map[string]string) float64 {
+	t.Helper()
 	var sum float64
 	for _, p := range agentPods(ctx, t, cs) {
 		b, err := proxyGet(ctx, cs, system, p.Name, 15020, "/metrics")
@@ -389,13 +456,12 @@ func connectionsOpened(ctx context.Context, t *testing.T, cs kubernetes.Interfac
 		if err != nil {
 			t.Fatal(err)
 		}
-		fam := fams["istio_tcp_connections_opened_total"]
+		fam := fams[family]
 		if fam == nil {
 			continue
 		}
 		for _, m := range fam.Metric {
-			if hasLabels(m, map[string]string{"reporter": "source", "source_workload_namespace": ns,
-				"destination_service": "web." + ns + ".svc.cluster.local"}) {
+			if hasLabels(m, labels) {
 				sum += m.GetCounter().GetValue()
 			}
 		}

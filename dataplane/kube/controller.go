@@ -115,7 +115,8 @@ func (c *Controller) Run(ctx context.Context) error {
 	if _, err := c.namespaces.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: nsChanged,
 		UpdateFunc: func(old, obj any) {
 			o, n := old.(*corev1.Namespace), obj.(*corev1.Namespace)
-			if o.Labels[ModeLabel] != n.Labels[ModeLabel] || o.Labels[TelemetryLabel] != n.Labels[TelemetryLabel] {
+			if o.Labels[ModeLabel] != n.Labels[ModeLabel] || o.Labels[TelemetryLabel] != n.Labels[TelemetryLabel] ||
+				o.Labels[SockmapLabel] != n.Labels[SockmapLabel] {
 				nsChanged(obj)
 			}
 		}}); err != nil {

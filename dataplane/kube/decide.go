@@ -29,6 +29,9 @@ const (
 	// the agent's map (its new connections are balanced by onehop), and removed when it is
 	// unenrolled: what ambient.istio.io/redirection says for Istio's ambient mode.
 	EnrolledAnnotation = "onehop.io/enrolled"
+	// SockmapLabel (pod, else namespace) turns same-node acceleration "on" or "off" for the
+	// pod; other values or none: the agent's default (--sockmap).
+	SockmapLabel = "onehop.io/sockmap"
 	// mirrorAnnotation holds a static pod's own UID, the one its cgroups are named after; the
 	// apiserver's mirror pod has another.
 	mirrorAnnotation = "kubernetes.io/config.mirror"
@@ -70,22 +73,31 @@ func hasSandbox(pod *corev1.Pod) bool {
 	return false
 }
 
-// Options are the enrollment options TelemetryLabel asks for (pod, else namespace), on top of
-// the agent's defaults.
+// Options are the enrollment options TelemetryLabel and SockmapLabel ask for (pod, else
+// namespace), on top of the agent's defaults.
 func Options(pod *corev1.Pod, nsLabels map[string]string, defaults datapath.NetnsOptions) datapath.NetnsOptions {
-	v, ok := pod.Labels[TelemetryLabel]
-	if !ok {
-		v = nsLabels[TelemetryLabel]
+	label := func(name string) string {
+		if v, ok := pod.Labels[name]; ok {
+			return v
+		}
+		return nsLabels[name]
 	}
-	switch v {
+	o := defaults
+	switch label(TelemetryLabel) {
 	case "off":
-		return datapath.NetnsOptions{}
+		o.Telemetry, o.AccessLog = false, false
 	case "on":
-		return datapath.NetnsOptions{Telemetry: true}
+		o.Telemetry, o.AccessLog = true, false
 	case "access-log":
-		return datapath.NetnsOptions{Telemetry: true, AccessLog: true}
+		o.Telemetry, o.AccessLog = true, true
 	}
-	return defaults
+	switch label(SockmapLabel) {
+	case "on":
+		o.Sockmap = true
+	case "off":
+		o.Sockmap = false
+	}
+	return o
 }
 
 // Workload is who the pod is in metric labels, named as Istio names it: the workload is the

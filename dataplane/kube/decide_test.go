@@ -65,6 +65,8 @@ func TestOptions(t *testing.T) {
 		{map[string]string{TelemetryLabel: "on"}, map[string]string{TelemetryLabel: "off"}, datapath.NetnsOptions{Telemetry: true}},
 		{map[string]string{TelemetryLabel: "access-log"}, nil, datapath.NetnsOptions{Telemetry: true, AccessLog: true}},
 		{nil, map[string]string{TelemetryLabel: "loud"}, def},
+		{nil, map[string]string{SockmapLabel: "on"}, datapath.NetnsOptions{Telemetry: true, AccessLog: true, Sockmap: true}},
+		{map[string]string{SockmapLabel: "off", TelemetryLabel: "off"}, map[string]string{SockmapLabel: "on"}, datapath.NetnsOptions{}},
 	} {
 		if got := Options(pod(tc.pod, corev1.PodRunning), tc.ns, def); got != tc.want {
 			t.Errorf("pod %v ns %v: %+v, want %+v", tc.pod, tc.ns, got, tc.want)

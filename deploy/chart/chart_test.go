@@ -203,7 +203,7 @@ func TestDefaults(t *testing.T) {
 	}
 	for name, want := range map[string]string{
 		"ONEHOP_XDS_ADDRESS": "istiod.istio-system.svc:15010", "ONEHOP_XDS_MODE": "workload",
-		"ONEHOP_KUBERNETES": "true", "ONEHOP_UNINSTALL_ON_DELETE": "true", "ONEHOP_METRICS_ADDRESS": ":15020",
+		"ONEHOP_KUBERNETES": "true", "ONEHOP_UNINSTALL_ON_DELETE": "true", "ONEHOP_METRICS_ADDRESS": ":15020", "ONEHOP_SOCKMAP": "false",
 		"ONEHOP_BPFFS": "/sys/fs/bpf/onehop", "ONEHOP_CGROUP": "/host/sys/fs/cgroup", "ONEHOP_ADMIN_SOCKET": "/run/onehop/agent.sock",
 	} {
 		if got := env[name].Value; got != want {
@@ -290,7 +290,7 @@ func TestCustomValues(t *testing.T) {
 	}
 	for name, want := range map[string]string{"ONEHOP_XDS_ADDRESS": "istiod.istio-system.svc:15012", "ONEHOP_XDS_MODE": "envoy",
 		"ONEHOP_CLUSTER_ID": "east", "ONEHOP_UNINSTALL_ON_DELETE": "false", "ONEHOP_METRICS_ADDRESS": ":15021",
-		"ONEHOP_LOG_LEVEL": "debug", "ONEHOP_ACCESS_LOG": "-"} {
+		"ONEHOP_LOG_LEVEL": "debug", "ONEHOP_ACCESS_LOG": "-", "ONEHOP_SOCKMAP": "true"} {
 		if env[name] != want {
 			t.Errorf("%s=%q, want %q", name, env[name], want)
 		}
