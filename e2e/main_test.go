@@ -110,11 +110,7 @@ func buildImages(ctx context.Context, cfg *envconf.Config) (context.Context, err
 		return ctx, err
 	}
 	defer os.RemoveAll(dir)
-	agent, err := image.Build(ctx, image.Options{Source: repoRoot(), Tag: "onehop.local/onehop-agent:e2e", Out: filepath.Join(dir, "agent.tar")})
-	if err != nil {
-		return ctx, err
-	}
-	wl, err := image.BuildWorkload(ctx, repoRoot(), "e2e", filepath.Join(dir, "workload.tar"))
+	agent, wl, err := image.BuildLab(ctx, repoRoot(), "e2e", dir)
 	if err != nil {
 		return ctx, err
 	}

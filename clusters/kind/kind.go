@@ -114,11 +114,7 @@ func (p *Provider) prepare(ctx context.Context, kp *cluster.Provider, name strin
 	if err := os.WriteFile(kubeconfig, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
-	agent, err := image.Build(ctx, image.Options{Source: p.Source, Tag: image.Repository + ":lab", Out: filepath.Join(dir, "agent.tar")})
-	if err != nil {
-		return nil, err
-	}
-	wl, err := image.BuildWorkload(ctx, p.Source, "lab", filepath.Join(dir, "workload.tar"))
+	agent, wl, err := image.BuildLab(ctx, p.Source, "lab", dir)
 	if err != nil {
 		return nil, err
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"path/filepath"
 
 	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/clusters/kube"
@@ -47,11 +46,7 @@ func (p *Provider) Up(ctx context.Context, spec clusters.Spec) (clusters.Cluster
 
 // kubeProvider builds and loads the images, and says how the lab and onehop go on c.
 func (p *Provider) kubeProvider(ctx context.Context, c *Cluster, logf func(string, ...any)) (*kube.Provider, error) {
-	agent, err := image.Build(ctx, image.Options{Source: p.Source, Tag: image.Repository + ":lab", Out: filepath.Join(c.Dir, "agent.tar")})
-	if err != nil {
-		return nil, err
-	}
-	wl, err := image.BuildWorkload(ctx, p.Source, "lab", filepath.Join(c.Dir, "workload.tar"))
+	agent, wl, err := image.BuildLab(ctx, p.Source, "lab", c.Dir)
 	if err != nil {
 		return nil, err
 	}

@@ -304,6 +304,16 @@ const (
 	WorkloadEntrypoint = "/onehop"
 )
 
+// BuildLab builds the two images a lab on Kubernetes runs, both tagged tag: the agent's
+// (Repository) and the workload's (WorkloadRepository), as agent.tar and workload.tar in dir.
+func BuildLab(ctx context.Context, source, tag, dir string) (agent, workload Result, err error) {
+	if agent, err = Build(ctx, Options{Source: source, Tag: Repository + ":" + tag, Out: filepath.Join(dir, "agent.tar")}); err != nil {
+		return agent, workload, err
+	}
+	workload, err = BuildWorkload(ctx, source, tag, filepath.Join(dir, "workload.tar"))
+	return agent, workload, err
+}
+
 // BuildWorkload builds the workload image from the module at source: a static ./cmd/onehop.
 func BuildWorkload(ctx context.Context, source, tag, out string) (Result, error) {
 	tmp, err := os.MkdirTemp("", "onehop-workload-")
