@@ -628,20 +628,19 @@ static __always_inline void add_redirected(const struct oh_conn *c, struct oh_tc
  * connection it opens, which its proxy intercepts. Both ends of a same-node connection end up
  * there, and oh_msg pairs them; a socket whose peer never does is passed to TCP/IP.
  */
-static __always_inline void sockmap_add(struct bpf_sock_ops *skops, __u64 netns, __u8 flags, __u8 dir)
+static __always_inline void sockmap_add(struct bpf_sock_ops *skops, __u64 cookie, const struct oh_endpoint *local,
+					const struct oh_endpoint *remote, __u64 netns, __u8 flags, __u8 dir)
 {
-	struct oh_endpoint local = {}, remote = {}, peer = {};
+	struct oh_endpoint peer = {};
 	struct oh_sock_key key = {};
 	struct oh_redirected zero = {};
-	__u64 cookie;
 	struct oh_conn *c;
 
-	sockops_endpoints(skops, &local, &remote);
-	__builtin_memcpy(peer.addr, remote.addr, sizeof(peer.addr));
-	if (!is_loopback(remote.addr) && !bpf_map_lookup_elem(&oh_local_addrs, &peer) &&
+	__builtin_memcpy(peer.addr, remote->addr, sizeof(peer.addr));
+	if (!is_loopback(remote->addr) && !bpf_map_lookup_elem(&oh_local_addrs, &peer) &&
 	    !((flags & OH_NETNS_SIDECAR) && dir == OH_DIR_OUTBOUND))
 		return;
-	sock_key(&key, dir == OH_DIR_OUTBOUND ? &local : &remote, netns, dir);
+	sock_key(&key, dir == OH_DIR_OUTBOUND ? local : remote, netns, dir);
 	if (bpf_sock_hash_update(skops, &oh_sockhash, &key, BPF_ANY)) {
 		count(OH_CNT_SOCKMAP_FAILED);
 		return;
@@ -650,7 +649,6 @@ static __always_inline void sockmap_add(struct bpf_sock_ops *skops, __u64 netns,
 	/* Nothing is redirected before the second end is added: both resets come first. */
 	key.role = 0;
 	bpf_map_update_elem(&oh_redirected_bytes, &key, &zero, BPF_ANY);
-	cookie = bpf_get_socket_cookie(skops);
 	c = bpf_map_lookup_elem(&oh_conns, &cookie);
 	if (c)
 		c->flags |= OH_CONN_SOCKMAP;
@@ -694,13 +692,14 @@ static __always_inline void conn_event(struct bpf_sock_ops *skops, struct oh_con
 	count(OH_CNT_EVENTS_SENT);
 }
 
-static __always_inline void track(struct bpf_sock_ops *skops, __u64 netns, __u8 netns_flags, __u8 direction)
+static __always_inline void track(struct bpf_sock_ops *skops, __u64 cookie, const struct oh_endpoint *local,
+				  const struct oh_endpoint *remote, __u64 netns, __u8 netns_flags, __u8 direction)
 {
-	__u64 cookie = bpf_get_socket_cookie(skops);
 	struct oh_endpoint *orig;
 	struct oh_conn c = {}, *cp;
 
-	sockops_endpoints(skops, &c.src, &c.dst);
+	c.src = *local;
+	c.dst = *remote;
 	c.netns = netns;
 	c.established_ns = bpf_ktime_get_ns();
 	c.state_ns = c.established_ns;
@@ -748,6 +747,7 @@ int oh_sockops(struct bpf_sock_ops *skops)
 {
 	__u64 netns = bpf_get_netns_cookie(skops);
 	__u64 cookie, now;
+	struct oh_endpoint local = {}, remote = {};
 	struct oh_conn *c;
 	__u8 flags, dir;
 
@@ -768,9 +768,12 @@ int oh_sockops(struct bpf_sock_ops *skops)
 		 */
 		watch(skops, BPF_SOCK_OPS_STATE_CB_FLAG | ((flags & OH_NETNS_TELEMETRY) ? BPF_SOCK_OPS_RTT_CB_FLAG : 0));
 		dir = skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB ? OH_DIR_OUTBOUND : OH_DIR_INBOUND;
-		track(skops, netns, flags, dir);
+		/* Once for both: the connection's record and, with sockmap, its sockhash entry. */
+		cookie = bpf_get_socket_cookie(skops);
+		sockops_endpoints(skops, &local, &remote);
+		track(skops, cookie, &local, &remote, netns, flags, dir);
 		if (flags & OH_NETNS_SOCKMAP)
-			sockmap_add(skops, netns, flags, dir);
+			sockmap_add(skops, cookie, &local, &remote, netns, flags, dir);
 		break;
 	case BPF_SOCK_OPS_RTT_CB:
 		cookie = bpf_get_socket_cookie(skops);
