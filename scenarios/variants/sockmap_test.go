@@ -1,34 +1,22 @@
 package variants
 
 import (
-	"bufio"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/onehop-mesh/onehop/clusters"
 	"github.com/onehop-mesh/onehop/clusters/netns"
-	"github.com/onehop-mesh/onehop/dataplane/agent"
 	"github.com/onehop-mesh/onehop/internal/testbin"
 )
 
 // kernelCounter reads onehop_kernel_<name>_total from a node's agent.
 func kernelCounter(t *testing.T, c *netns.Cluster, node, name string) int {
 	t.Helper()
-	resp, err := agent.Client(AgentSocket(c, node)).Get("http://agent/metrics")
-	if err != nil {
-		t.Fatal(err)
+	mfs, family := scrape(t, c, node), "onehop_kernel_"+name+"_total"
+	if mfs[family] == nil {
+		t.Fatalf("agent on %s has no %s", node, family)
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "onehop_kernel_"+name+"_total "); ok {
-			n, _ := strconv.ParseFloat(v, 64)
-			return int(n)
-		}
-	}
-	t.Fatalf("agent on %s has no onehop_kernel_%s_total", node, name)
-	return 0
+	return int(sum(mfs, family, nil))
 }
 
 // onehop-sockmap: connections between pods of one node are redirected socket to socket; a
