@@ -151,7 +151,7 @@ func (p *Provider) prepare(ctx context.Context, kp *cluster.Provider, name strin
 		return nil, err
 	}
 	cidr := netip.MustParsePrefix("10.96.0.0/16") // kind's service subnet
-	set := slices.Clone(p.ChartSet) // appended to: not the caller's array
+	set := slices.Clone(p.ChartSet)               // appended to: not the caller's array
 	if hybridCgroups() {
 		// The nodes see the host's cgroup layout: v2 is the hybrid hierarchy's.
 		set = append(set, "host.cgroup=/sys/fs/cgroup/unified")
